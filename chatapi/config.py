@@ -1,0 +1,80 @@
+"""Settings: every limit and default in one place.
+
+Values come from the defaults below, then `CHATAPI_*` environment variables, then CLI flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chatapi.models.registry import DEFAULT_ALIASES
+
+
+@dataclass
+class Settings:
+    # server
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: list[str] = field(default_factory=list)
+    # model
+    model: str | None = None  # path to a GGUF; None = the embedded default model
+    served_model_name: str | None = None
+    aliases: list[str] = field(default_factory=lambda: list(DEFAULT_ALIASES))
+    home: Path | None = None  # model cache and data; None = $CHATAPI_HOME or ~/.cache/chatapi
+    # engine
+    parallel: int = 8  # sequences decoded together; each n>1 choice takes one
+    ctx_size: int = 4096  # context window of one sequence (prompt + completion)
+    threads: int = 0  # 0 = all cores
+    batch_size: int = 512  # max tokens per llama_decode (prefill chunk size)
+    max_queue: int = 64  # requests waiting for a slot before 429
+    seed: int | None = None  # default sampling seed when a request gives none
+    # request limits
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_messages: int = 2048
+    max_message_chars: int = 1_000_000
+    max_n: int = 8
+    max_stop: int = 4
+    max_stop_chars: int = 256
+    max_prompts: int = 64  # prompts in one legacy /v1/completions request
+    request_timeout: float = 600.0  # seconds a request may take in all
+    # logging
+    log_level: str = "info"
+
+    def with_overrides(self, **values: Any) -> Settings:
+        """A copy with the given fields replaced; None values are skipped."""
+        clean = {k: v for k, v in values.items() if v is not None}
+        return dataclasses.replace(self, **clean)
+
+
+def _parse(kind: type, raw: str) -> Any:
+    if kind is bool:
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if kind is list:
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if kind is Path:
+        return Path(raw).expanduser()
+    return kind(raw)
+
+
+_FIELD_KINDS: dict[str, type] = {
+    "host": str, "port": int, "api_keys": list, "model": str, "served_model_name": str,
+    "aliases": list, "home": Path, "parallel": int, "ctx_size": int, "threads": int,
+    "batch_size": int, "max_queue": int, "seed": int, "max_body_bytes": int,
+    "max_messages": int, "max_message_chars": int, "max_n": int, "max_stop": int,
+    "max_stop_chars": int, "max_prompts": int, "request_timeout": float, "log_level": str,
+}
+
+
+def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
+    """Defaults overridden by `CHATAPI_<FIELD>` environment variables."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name, kind in _FIELD_KINDS.items():
+        raw = environ.get(f"CHATAPI_{name.upper()}")
+        if raw is not None and raw != "":
+            values[name] = _parse(kind, raw)
+    return Settings(**values)

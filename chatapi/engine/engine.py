@@ -1,0 +1,231 @@
+"""AsyncEngine: the asyncio face of the engine thread that owns llama.cpp.
+
+The API side calls `generate()` and iterates over lists of SeqOutput; the engine thread runs
+schedule -> decode -> sample -> postprocess steps and hands each step's outputs back to the
+event loop with one `call_soon_threadsafe` per request per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+
+from chatapi.engine.runner import Row, Runner, RunnerError, Sampler
+from chatapi.engine.sampling import SamplingParams
+from chatapi.engine.scheduler import QueueFullError, Scheduler, Step
+from chatapi.engine.sequence import SeqOutput, Sequence, SequenceGroup, Status
+
+log = logging.getLogger("chatapi.engine")
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread has stopped; no request can be served."""
+
+
+class AsyncEngine:
+    def __init__(self, runner: Runner, *, num_slots: int, max_queue: int) -> None:
+        self.runner = runner
+        self.num_slots = num_slots
+        self.max_queue = max_queue
+        self.scheduler = Scheduler(num_slots, runner.config.batch_size, max_waiting=1 << 30)
+        self._inbox: deque[tuple[str, SequenceGroup]] = deque()
+        self._wakeup = threading.Condition()
+        self._samplers: dict[int, Sampler] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.error: BaseException | None = None
+        self.in_flight = 0  # sequences accepted and not yet finished (event-loop side)
+        self.steps = 0
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="chatapi-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.runner.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.error is None
+
+    # --- event-loop side ----------------------------------------------------------------------
+
+    async def generate(self, prompt_tokens: list[int], params: list[SamplingParams],
+                       request_id: str = "") -> AsyncIterator[list[SeqOutput]]:
+        """Generate len(params) choices for one prompt; yields each step's outputs."""
+        if not self.alive:
+            raise EngineDeadError("the engine is not running")
+        if self.in_flight + len(params) > self.num_slots + self.max_queue:
+            raise QueueFullError(
+                f"server busy: {self.in_flight} sequences in flight "
+                f"(limit {self.num_slots} running + {self.max_queue} queued)")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[list[SeqOutput]] = asyncio.Queue()
+        seqs = [Sequence(list(prompt_tokens), p, index=i) for i, p in enumerate(params)]
+        group = SequenceGroup(seqs, _hand_off(loop, queue), request_id)
+        self.in_flight += len(seqs)
+        remaining = len(seqs)
+        self._post("add", group)
+        try:
+            while remaining:
+                outputs = await queue.get()
+                remaining -= sum(1 for o in outputs if o.finish_reason or o.error)
+                yield outputs
+        finally:
+            self.in_flight -= len(seqs)
+            if remaining:
+                self._post("abort", group)
+
+    def _post(self, action: str, group: SequenceGroup) -> None:
+        with self._wakeup:
+            self._inbox.append((action, group))
+            self._wakeup.notify()
+
+    # --- engine thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._wakeup:
+                    while not self._inbox and not self._stopping and not self.scheduler.has_work:
+                        self._wakeup.wait()
+                    if self._stopping:
+                        break
+                    inbox = list(self._inbox)
+                    self._inbox.clear()
+                self._ingest(inbox)
+                step = self.scheduler.schedule()
+                if step is not None:
+                    self._execute(step)
+                    self.steps += 1
+        except BaseException as exc:  # the thread must report its death, never vanish
+            log.exception("engine thread died")
+            self.error = exc
+            self._fail_all(f"engine failure: {exc}")
+
+    def _ingest(self, inbox: list[tuple[str, SequenceGroup]]) -> None:
+        for action, group in inbox:
+            if action == "add":
+                try:
+                    self.scheduler.add(group)
+                except (QueueFullError, ValueError) as exc:
+                    group.on_output([SeqOutput(s.index, "", [], error=str(exc))
+                                     for s in group.seqs])
+            else:
+                for slot in self.scheduler.abort(group):
+                    self.runner.clear_slot(slot)
+                self._free_samplers(group.seqs)
+
+    def _execute(self, step: Step) -> None:
+        outputs: dict[SequenceGroup, list[SeqOutput]] = defaultdict(list)
+        seqs = [step.prefill.seq] if step.prefill else step.decode
+        try:
+            if step.prefill:
+                self._prefill(step, outputs)
+            else:
+                self._decode(step.decode, outputs)
+        except RunnerError as exc:
+            log.error("step failed: %s", exc)
+            for seq in seqs:
+                for s in seq.group.seqs if step.prefill else [seq]:
+                    if not s.is_finished:
+                        self._finish(s, None)
+                        outputs[s.group].append(self._output(s, "", [], error=str(exc)))
+        for group, outs in outputs.items():
+            group.on_output(outs)
+
+    def _prefill(self, step: Step, outputs: dict[SequenceGroup, list[SeqOutput]]) -> None:
+        chunk = step.prefill
+        seq = chunk.seq
+        rows = [Row(tok, chunk.start + i, seq.slot, False) for i, tok in enumerate(chunk.tokens)]
+        if chunk.is_last:
+            rows[-1] = replace(rows[-1], logits=True)
+        self.runner.decode(rows)
+        seq.num_computed = chunk.end
+        if not chunk.is_last:
+            return
+        for fork in seq.group.forks:
+            self.runner.copy_slot(seq.slot, fork.slot)
+            fork.num_computed = fork.num_prompt_tokens
+        for s in seq.group.seqs:
+            token = self.runner.sample(self._sampler(s), len(rows) - 1)
+            self._append(s, token, outputs)
+
+    def _decode(self, seqs: list[Sequence], outputs: dict[SequenceGroup, list[SeqOutput]]
+                ) -> None:
+        rows = [Row(s.last_token, s.position, s.slot, True) for s in seqs]
+        self.runner.decode(rows)
+        for i, seq in enumerate(seqs):
+            token = self.runner.sample(self._sampler(seq), i)
+            self._append(seq, token, outputs)
+
+    def _append(self, seq: Sequence, token: int,
+                outputs: dict[SequenceGroup, list[SeqOutput]]) -> None:
+        seq.output_tokens.append(token)
+        detok = seq.detokenizer
+        finish = None
+        if self.runner.is_eog(token):
+            text, finish = detok.finish(), "stop"
+        else:
+            text = detok.feed(self.runner.token_bytes(token))
+            if detok.stopped:
+                finish = "stop"
+            elif (seq.num_completion_tokens >= seq.params.max_tokens
+                  or seq.position + 1 >= self.runner.config.ctx_size):
+                text, finish = text + detok.finish(), "length"
+        if finish:
+            self._finish(seq, finish)
+        outputs[seq.group].append(self._output(seq, text, [token], finish))
+
+    def _output(self, seq: Sequence, text: str, tokens: list[int], finish: str | None = None,
+                error: str | None = None) -> SeqOutput:
+        return SeqOutput(seq.index, text, tokens, finish, error,
+                         seq.num_prompt_tokens, seq.num_completion_tokens)
+
+    def _finish(self, seq: Sequence, reason: str | None) -> None:
+        seq.finish_reason = reason
+        slot = self.scheduler.finish(seq, Status.FINISHED)
+        if slot >= 0:
+            self.runner.clear_slot(slot)
+        self._free_samplers([seq])
+
+    def _sampler(self, seq: Sequence) -> Sampler:
+        sampler = self._samplers.get(seq.seq_id)
+        if sampler is None:
+            params = seq.params
+            if params.seed is not None and seq.index:
+                params = replace(params, seed=params.seed + seq.index)  # n>1: distinct choices
+            sampler = self._samplers[seq.seq_id] = self.runner.new_sampler(params)
+        return sampler
+
+    def _free_samplers(self, seqs: list[Sequence]) -> None:
+        for seq in seqs:
+            sampler = self._samplers.pop(seq.seq_id, None)
+            if sampler is not None:
+                sampler.free()
+
+    def _fail_all(self, message: str) -> None:
+        groups = {s.group for s in self.scheduler.running}
+        groups.update(self.scheduler.waiting)
+        groups.update(g for action, g in self._inbox if action == "add")
+        for group in groups:
+            group.on_output([SeqOutput(s.index, "", [], error=message) for s in group.seqs])
+
+
+def _hand_off(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[list[SeqOutput]]
+              ) -> Callable[[list[SeqOutput]], None]:
+    def deliver(outputs: list[SeqOutput]) -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(queue.put_nowait, outputs)
+    return deliver

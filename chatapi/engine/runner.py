@@ -1,0 +1,209 @@
+"""Runner: the only module that imports llama_cpp. Load, batch decode, sample, KV operations.
+
+Every method is called from the engine thread only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import random
+from dataclasses import dataclass
+
+import llama_cpp as lc
+
+from chatapi.engine.sampling import SamplingParams
+
+log = logging.getLogger("chatapi.runner")
+
+
+class RunnerError(RuntimeError):
+    """llama.cpp refused to load or to decode."""
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    model_path: str
+    ctx_size: int  # context of one sequence
+    num_slots: int  # sequences held in the KV cache at once
+    batch_size: int
+    threads: int = 0
+    flash_attn: bool = False  # on: faster long contexts, but greedy text varies with batch mates
+
+
+@dataclass(frozen=True)
+class Row:
+    """One token of a llama_decode batch."""
+
+    token: int
+    pos: int
+    slot: int
+    logits: bool
+
+
+def _quiet_llama_log() -> None:
+    # llama-cpp-python prints llama.cpp's log through its own logger; keep errors only.
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+
+
+class Runner:
+    def __init__(self, config: RunnerConfig) -> None:
+        _quiet_llama_log()
+        lc.llama_backend_init()
+        self.config = config
+        mparams = lc.llama_model_default_params()
+        self.model = lc.llama_model_load_from_file(config.model_path.encode(), mparams)
+        if not self.model:
+            raise RunnerError(f"cannot load model {config.model_path}")
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = lc.llama_model_n_ctx_train(self.model)
+        threads = config.threads or os.cpu_count() or 1
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = config.ctx_size * config.num_slots
+        cparams.n_batch = max(config.batch_size, config.num_slots)
+        cparams.n_ubatch = cparams.n_batch
+        cparams.n_seq_max = config.num_slots
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.kv_unified = True  # one KV pool shared by all slots: forks share prompt cells
+        cparams.no_perf = True
+        cparams.flash_attn_type = (
+            lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attn
+            else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        self.ctx = lc.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            lc.llama_model_free(self.model)
+            raise RunnerError("cannot create the llama.cpp context (out of memory?)")
+        self.memory = lc.llama_get_memory(self.ctx)
+        self.batch_capacity = cparams.n_batch
+        self.batch = lc.llama_batch_init(self.batch_capacity, 0, 1)
+        self._pieces: dict[int, bytes] = {}
+        self.chat_template = self._meta_str("tokenizer.chat_template")
+        self.bos_text = self._special_text(lc.llama_vocab_bos(self.vocab))
+        self.eos_text = self._special_text(lc.llama_vocab_eos(self.vocab))
+
+    def close(self) -> None:
+        if self.ctx:
+            lc.llama_batch_free(self.batch)
+            lc.llama_free(self.ctx)
+            lc.llama_model_free(self.model)
+            self.ctx = None
+
+    # --- vocabulary ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True
+                 ) -> list[int]:
+        data = text.encode("utf-8")
+        size = len(data) + 16
+        while True:
+            buf = (lc.llama_token * size)()
+            n = lc.llama_tokenize(self.vocab, data, len(data), buf, size, add_special,
+                                  parse_special)
+            if n >= 0:
+                return list(buf[:n])
+            size = -n
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token stands for (special tokens render as nothing)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._piece(token, special=False)
+            self._pieces[token] = piece
+        return piece
+
+    def is_eog(self, token: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self.vocab, token))
+
+    def _piece(self, token: int, *, special: bool) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._piece(token, special=True).decode("utf-8", errors="replace")
+
+    def _meta_str(self, key: str) -> str | None:
+        size = 65536
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = lc.llama_model_meta_val_str(self.model, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", errors="replace")
+            size = n + 1
+
+    # --- decoding -----------------------------------------------------------------------------
+
+    def decode(self, rows: list[Row]) -> None:
+        """Run one llama_decode over the rows; rows with logits=True can then be sampled
+        by their index in `rows`."""
+        if not rows or len(rows) > self.batch_capacity:
+            raise RunnerError(f"batch of {len(rows)} rows (capacity {self.batch_capacity})")
+        batch = self.batch
+        for i, row in enumerate(rows):
+            batch.token[i] = row.token
+            batch.pos[i] = row.pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = row.slot
+            batch.logits[i] = row.logits
+        batch.n_tokens = len(rows)
+        status = lc.llama_decode(self.ctx, batch)
+        if status != 0:
+            raise RunnerError(f"llama_decode failed with status {status}")
+
+    def sample(self, sampler: Sampler, row_index: int) -> int:
+        return lc.llama_sampler_sample(sampler.handle, self.ctx, row_index)
+
+    # --- KV cache -----------------------------------------------------------------------------
+
+    def clear_slot(self, slot: int) -> None:
+        lc.llama_memory_seq_rm(self.memory, slot, -1, -1)
+
+    def copy_slot(self, src: int, dst: int) -> None:
+        lc.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+
+    # --- samplers -----------------------------------------------------------------------------
+
+    def new_sampler(self, params: SamplingParams) -> Sampler:
+        return Sampler(self, params)
+
+
+class Sampler:
+    """A llama.cpp sampler chain for one sequence; temperature 0 means greedy."""
+
+    def __init__(self, runner: Runner, params: SamplingParams) -> None:
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        self.handle = chain
+        if params.logit_bias:
+            items = list(params.logit_bias.items())
+            arr = (lc.llama_logit_bias * len(items))()
+            for i, (token, bias) in enumerate(items):
+                arr[i].token = token
+                arr[i].bias = bias
+            lc.llama_sampler_chain_add(
+                chain, lc.llama_sampler_init_logit_bias(runner.n_vocab, len(items), arr))
+        if params.penalized:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_penalties(
+                runner.config.ctx_size, 1.0, params.frequency_penalty, params.presence_penalty))
+        if params.greedy:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+            return
+        seed = params.seed if params.seed is not None else random.getrandbits(32)
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(params.temperature))
+        if params.top_p < 1.0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(params.top_p, 1))
+        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def free(self) -> None:
+        if self.handle:
+            lc.llama_sampler_free(self.handle)
+            self.handle = None
