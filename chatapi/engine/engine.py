@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 
 from chatapi.engine.runner import Row, Runner, RunnerError, Sampler
@@ -61,31 +61,22 @@ class AsyncEngine:
 
     # --- event-loop side ----------------------------------------------------------------------
 
-    async def generate(self, prompt_tokens: list[int], params: list[SamplingParams],
-                       request_id: str = "") -> AsyncIterator[list[SeqOutput]]:
-        """Generate len(params) choices for one prompt; yields each step's outputs."""
+    def generate(self, prompt_tokens: list[int], params: list[SamplingParams],
+                 request_id: str = "") -> GenerationStream:
+        """Submit one prompt for len(params) choices. Raises at once when the engine is dead or
+        the queue is full; use the returned stream as a context manager so it is always closed."""
         if not self.alive:
             raise EngineDeadError("the engine is not running")
         if self.in_flight + len(params) > self.num_slots + self.max_queue:
             raise QueueFullError(
-                f"server busy: {self.in_flight} sequences in flight "
-                f"(limit {self.num_slots} running + {self.max_queue} queued)")
-        loop = asyncio.get_running_loop()
+                f"The server is busy: {self.in_flight} sequences in flight "
+                f"(limit {self.num_slots} running + {self.max_queue} queued). Retry shortly.")
         queue: asyncio.Queue[list[SeqOutput]] = asyncio.Queue()
         seqs = [Sequence(list(prompt_tokens), p, index=i) for i, p in enumerate(params)]
-        group = SequenceGroup(seqs, _hand_off(loop, queue), request_id)
+        group = SequenceGroup(seqs, _hand_off(asyncio.get_running_loop(), queue), request_id)
         self.in_flight += len(seqs)
-        remaining = len(seqs)
         self._post("add", group)
-        try:
-            while remaining:
-                outputs = await queue.get()
-                remaining -= sum(1 for o in outputs if o.finish_reason or o.error)
-                yield outputs
-        finally:
-            self.in_flight -= len(seqs)
-            if remaining:
-                self._post("abort", group)
+        return GenerationStream(self, group, queue)
 
     def _post(self, action: str, group: SequenceGroup) -> None:
         with self._wakeup:
@@ -221,6 +212,44 @@ class AsyncEngine:
         groups.update(g for action, g in self._inbox if action == "add")
         for group in groups:
             group.on_output([SeqOutput(s.index, "", [], error=message) for s in group.seqs])
+
+
+class GenerationStream:
+    """Async iterator over the outputs of one request; closing it early aborts the request."""
+
+    def __init__(self, engine: AsyncEngine, group: SequenceGroup,
+                 queue: asyncio.Queue[list[SeqOutput]]) -> None:
+        self._engine = engine
+        self._group = group
+        self._queue = queue
+        self.remaining = len(group.seqs)
+        self._closed = False
+
+    def __enter__(self) -> GenerationStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> list[SeqOutput]:
+        if self.remaining == 0:
+            self.close()
+            raise StopAsyncIteration
+        outputs = await self._queue.get()
+        self.remaining -= sum(1 for o in outputs if o.finish_reason or o.error)
+        return outputs
+
+    def close(self) -> None:
+        """Release the request; if it is still generating, abort it within one step."""
+        if self._closed:
+            return
+        self._closed = True
+        self._engine.in_flight -= len(self._group.seqs)
+        if self.remaining:
+            self._engine._post("abort", self._group)
 
 
 def _hand_off(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[list[SeqOutput]]

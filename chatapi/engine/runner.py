@@ -84,6 +84,8 @@ class Runner:
         self.chat_template = self._meta_str("tokenizer.chat_template")
         self.bos_text = self._special_text(lc.llama_vocab_bos(self.vocab))
         self.eos_text = self._special_text(lc.llama_vocab_eos(self.vocab))
+        self.bos_token = lc.llama_vocab_bos(self.vocab)
+        self.add_bos = bool(lc.llama_vocab_get_add_bos(self.vocab)) and self.bos_token >= 0
 
     def close(self) -> None:
         if self.ctx:

@@ -1,4 +1,4 @@
-"""Sampling parameters of one sequence, validated once, turned into a sampler chain by the runner."""
+"""Sampling parameters of one sequence, validated once, turned into llama.cpp samplers."""
 
 from __future__ import annotations
 

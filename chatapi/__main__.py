@@ -1,0 +1,3 @@
+from chatapi.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""create_app(settings) -> FastAPI. The lifespan loads the model and starts/stops the engine."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chatapi import __version__
+from chatapi.api.errors import HANDLED_ERRORS, APIError, error_body, error_response
+from chatapi.api.middleware import APIKeyMiddleware, BodyLimitMiddleware, RequestIdMiddleware
+from chatapi.api.routes import chat, completions, models
+from chatapi.api.state import ServerState
+from chatapi.chat.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
+from chatapi.config import Settings
+from chatapi.engine.engine import AsyncEngine
+from chatapi.engine.runner import Runner, RunnerConfig
+from chatapi.models.default import DEFAULT_MODEL_ID, ensure_default_model
+from chatapi.models.registry import ModelRegistry
+
+log = logging.getLogger("chatapi")
+
+
+def resolve_model_path(settings: Settings, progress: bool = True) -> tuple[str, str]:
+    """(path of the GGUF to serve, its served id)."""
+    if settings.model:
+        path = Path(settings.model).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        return str(path), settings.served_model_name or path.stem
+    path = ensure_default_model(settings.home, progress=progress)
+    return str(path), settings.served_model_name or DEFAULT_MODEL_ID
+
+
+def build_state(settings: Settings) -> ServerState:
+    model_path, model_id = resolve_model_path(settings)
+    started = time.monotonic()
+    runner = Runner(RunnerConfig(
+        model_path=model_path, ctx_size=settings.ctx_size, num_slots=settings.parallel,
+        batch_size=settings.batch_size, threads=settings.threads))
+    log.info("loaded %s in %.1f s", model_path, time.monotonic() - started)
+    template = ChatTemplate(runner.chat_template or DEFAULT_CHAT_TEMPLATE,
+                            bos_token=runner.bos_text, eos_token=runner.eos_text)
+    engine = AsyncEngine(runner, num_slots=settings.parallel, max_queue=settings.max_queue)
+    registry = ModelRegistry(model_id, [a for a in settings.aliases if a != model_id])
+    return ServerState(settings, engine, registry, template, model_path)
+
+
+def create_app(settings: Settings, state: ServerState | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        server = state or build_state(settings)
+        server.engine.start()
+        app.state.chatapi = server
+        try:
+            yield
+        finally:
+            server.engine.stop()
+
+    app = FastAPI(title="chatapi", version=__version__, lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    for router in (chat.router, completions.router, models.router):
+        app.include_router(router)
+    _install_error_handlers(app)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/playground/")
+
+    # Outermost first: ids on every response, then auth, then the body limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(APIKeyMiddleware, keys=settings.api_keys)
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        message = (f"Unknown request URL: {request.method} {request.url.path}."
+                   if exc.status_code in (404, 405) else str(exc.detail))
+        err = APIError(exc.status_code, message, code=code)
+        return JSONResponse(error_body(err), status_code=exc.status_code)
+
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        err = APIError(400, f"Invalid request: {first.get('msg', 'invalid value')}.",
+                       param=param)
+        return JSONResponse(error_body(err), status_code=400)
+
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    # Known errors are handled in the router; a bare Exception handler would also be logged
+    # as a crash by Starlette's outermost middleware.
+    for cls in (APIError, *HANDLED_ERRORS):
+        app.add_exception_handler(cls, on_error)
+    app.add_exception_handler(Exception, on_error)

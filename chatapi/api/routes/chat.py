@@ -1,0 +1,27 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from chatapi.api.disconnect import json_unless_disconnected
+from chatapi.api.protocol import ChatCompletionRequest, parse_request
+from chatapi.api.serving_chat import ChatCompletion, prepare_chat
+from chatapi.api.sse import sse_response
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def create_chat_completion(request: Request) -> Response:
+    state = request.app.state.chatapi
+    req = parse_request(ChatCompletionRequest, await request.body())
+    tokens, max_tokens = await prepare_chat(state, req)
+    n = req.n or 1
+    stream = state.engine.generate(tokens, state.sampling_params(req, max_tokens, n),
+                                   request.state.request_id)
+    completion = ChatCompletion(state, req, stream)
+    if req.stream:
+        return sse_response(completion.chunks())
+    return await json_unless_disconnected(request, completion.body(), stream.close)

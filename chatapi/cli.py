@@ -1,0 +1,84 @@
+"""chatapi command line: serve, models, --version."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from chatapi import __version__
+from chatapi.config import Settings, settings_from_env
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start the OpenAI-compatible server")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--model", help="path of a GGUF model (default: the embedded model)")
+    p.add_argument("--served-model-name", help="model id clients use (default: from the model)")
+    p.add_argument("--alias", action="append", dest="aliases", metavar="NAME",
+                   help="another name for the model (repeatable; replaces the default aliases "
+                        "gpt-3.5-turbo, gpt-4, gpt-4o, gpt-4o-mini)")
+    p.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
+                   help="require this bearer key (repeatable)")
+    p.add_argument("--parallel", type=int, help="sequences generated at once (default 8)")
+    p.add_argument("--ctx-size", type=int, help="context of one request in tokens (default 4096)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--batch-size", type=int, help="tokens per llama_decode call (default 512)")
+    p.add_argument("--max-queue", type=int, help="requests waiting before 429 (default 64)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatapi", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"chatapi {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    _serve_parser(sub)
+    sub.add_parser("model-path", help="assemble the embedded default model; print its path")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -> Settings:
+    base = base or settings_from_env()
+    fields = ("host", "port", "model", "served_model_name", "aliases", "api_keys", "parallel",
+              "ctx_size", "threads", "batch_size", "max_queue", "log_level")
+    settings = base.with_overrides(**{f: getattr(args, f, None) for f in fields})
+    problems = [f"--{name.replace('_', '-')} must be >= {low}"
+                for name, low in (("parallel", 1), ("ctx_size", 64), ("batch_size", 1),
+                                  ("max_queue", 0), ("threads", 0))
+                if getattr(settings, name) < low]
+    if problems:
+        raise SystemExit("chatapi: " + "; ".join(problems))
+    return settings
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    from chatapi.api.app import create_app, resolve_model_path
+
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Assemble the default model before the server starts, with its progress bar.
+    path, model_id = resolve_model_path(settings)
+    settings = settings.with_overrides(model=path, served_model_name=model_id)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level, timeout_graceful_shutdown=30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        serve(settings_from_args(args))
+        return 0
+    if args.command == "model-path":
+        from chatapi.models.default import ensure_default_model
+
+        print(ensure_default_model())
+        return 0
+    build_parser().print_help()
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
