@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatapi import __version__
@@ -26,6 +27,7 @@ from chatapi.models.default import DEFAULT_MODEL_ID, ensure_default_model
 from chatapi.models.registry import ModelRegistry
 
 log = logging.getLogger("chatapi")
+PLAYGROUND_DIR = Path(__file__).resolve().parent.parent / "playground"
 
 
 def resolve_model_path(settings: Settings, progress: bool = True) -> tuple[str, str]:
@@ -69,6 +71,10 @@ def create_app(settings: Settings, state: ServerState | None = None) -> FastAPI:
     for router in (chat.router, completions.router, models.router):
         app.include_router(router)
     _install_error_handlers(app)
+
+    if PLAYGROUND_DIR.is_dir():
+        app.mount("/playground", StaticFiles(directory=PLAYGROUND_DIR, html=True),
+                  name="playground")
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
