@@ -55,8 +55,10 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request_id = "req_" + secrets.token_hex(12)
-        scope.setdefault("state", {})["request_id"] = request_id
         start = time.perf_counter()
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["started"] = time.monotonic()
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

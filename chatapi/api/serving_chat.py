@@ -10,7 +10,9 @@ from chatapi.api.errors import APIError, invalid_request
 from chatapi.api.protocol import ChatCompletionRequest, ChatMessage
 from chatapi.api.sse import event
 from chatapi.api.state import ServerState, new_id, now
+from chatapi.api.usage import UsageTracker
 from chatapi.engine.engine import GenerationStream
+from chatapi.engine.sequence import SeqOutput
 
 # Parts of the request that belong to later work: refuse them clearly instead of ignoring them.
 _UNSUPPORTED = ("tools", "functions")
@@ -63,18 +65,25 @@ async def prepare_chat(state: ServerState, req: ChatCompletionRequest
 
 
 class ChatCompletion:
-    """One accepted chat request: its id, its stream from the engine, its response shapes."""
+    """One accepted chat request: its id, its stream from the engine, its response shapes.
 
-    def __init__(self, state: ServerState, req: ChatCompletionRequest, stream: GenerationStream
-                 ) -> None:
+    Whatever happens (finished, client gone, error), `close()` runs once and the request leaves
+    exactly one usage record.
+    """
+
+    def __init__(self, state: ServerState, req: ChatCompletionRequest, stream: GenerationStream,
+                 tracker: UsageTracker) -> None:
         self.state = state
         self.req = req
         self.stream = stream
+        self.tracker = tracker
         self.id = new_id("chatcmpl-")
         self.created = now()
         self.n = req.n or 1
         self.prompt_tokens = 0
         self.completion_tokens = [0] * self.n
+        self.finish: list[str | None] = [None] * self.n
+        tracker.count(stream.num_prompt_tokens, 0)
 
     def usage(self) -> dict[str, Any]:
         completion = sum(self.completion_tokens)
@@ -83,25 +92,42 @@ class ChatCompletion:
                 "prompt_tokens_details": {"cached_tokens": 0},
                 "completion_tokens_details": {"reasoning_tokens": 0}}
 
+    def close(self) -> None:
+        """Release the engine stream and write the usage record (aborted if unfinished)."""
+        self.stream.close()
+        done = all(self.finish)
+        self.tracker.finish(self.finish[0] if done else "aborted")
+
     def _head(self, object_: str) -> dict[str, Any]:
         return {"id": self.id, "object": object_, "created": self.created,
                 "model": self.req.model, "system_fingerprint": self.state.fingerprint}
 
-    async def body(self) -> dict[str, Any]:
-        texts = [[] for _ in range(self.n)]
-        finish: list[str | None] = [None] * self.n
-        with self.stream:
+    async def _outputs(self) -> AsyncIterator[SeqOutput]:
+        try:
             async for outputs in self.stream:
                 for out in outputs:
                     if out.error:
                         raise APIError(500, out.error, type="server_error", code="engine_error")
-                    texts[out.index].append(out.text)
-                    finish[out.index] = out.finish_reason or finish[out.index]
-                    self._count(out)
+                    self.tracker.first_token()
+                    self.prompt_tokens = out.prompt_tokens
+                    self.completion_tokens[out.index] = out.completion_tokens
+                    self.finish[out.index] = out.finish_reason or self.finish[out.index]
+                    self.tracker.count(self.prompt_tokens, sum(self.completion_tokens))
+                    yield out
+        except Exception:
+            self.tracker.finish("error")
+            raise
+        finally:
+            self.close()
+
+    async def body(self) -> dict[str, Any]:
+        texts: list[list[str]] = [[] for _ in range(self.n)]
+        async for out in self._outputs():
+            texts[out.index].append(out.text)
         choices = [{"index": i,
                     "message": {"role": "assistant", "content": "".join(texts[i]),
                                 "refusal": None},
-                    "logprobs": None, "finish_reason": finish[i]} for i in range(self.n)]
+                    "logprobs": None, "finish_reason": self.finish[i]} for i in range(self.n)]
         return {**self._head("chat.completion"), "choices": choices, "usage": self.usage()}
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -113,21 +139,12 @@ class ChatCompletion:
             choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
             return event({**head, "choices": [choice], **extra})
 
-        with self.stream:
-            for i in range(self.n):
-                yield chunk(i, {"role": "assistant", "content": "", "refusal": None})
-            async for outputs in self.stream:
-                for out in outputs:
-                    if out.error:
-                        raise APIError(500, out.error, type="server_error", code="engine_error")
-                    self._count(out)
-                    if out.text:
-                        yield chunk(out.index, {"content": out.text})
-                    if out.finish_reason:
-                        yield chunk(out.index, {}, out.finish_reason)
+        for i in range(self.n):
+            yield chunk(i, {"role": "assistant", "content": "", "refusal": None})
+        async for out in self._outputs():
+            if out.text:
+                yield chunk(out.index, {"content": out.text})
+            if out.finish_reason:
+                yield chunk(out.index, {}, out.finish_reason)
         if include_usage:
             yield event({**head, "choices": [], "usage": self.usage()})
-
-    def _count(self, out: Any) -> None:
-        self.prompt_tokens = out.prompt_tokens
-        self.completion_tokens[out.index] = out.completion_tokens

@@ -10,6 +10,7 @@ from chatapi.api.errors import APIError, invalid_request
 from chatapi.api.protocol import CompletionRequest
 from chatapi.api.sse import event
 from chatapi.api.state import ServerState, new_id, now
+from chatapi.api.usage import UsageTracker
 from chatapi.engine.engine import GenerationStream
 from chatapi.engine.sequence import SeqOutput
 
@@ -70,11 +71,15 @@ async def prepare_completion(state: ServerState, req: CompletionRequest
 
 class TextCompletion:
     def __init__(self, state: ServerState, req: CompletionRequest,
-                 streams: list[GenerationStream], texts: list[str]) -> None:
+                 streams: list[GenerationStream], texts: list[str], tracker: UsageTracker
+                 ) -> None:
         self.state = state
         self.req = req
         self.streams = streams
         self.texts = texts
+        self.tracker = tracker
+        self.finish: dict[int, str] = {}
+        tracker.count(sum(s.num_prompt_tokens for s in streams), 0)
         self.n = req.n or 1
         self.id = new_id("cmpl-")
         self.created = now()
@@ -85,6 +90,14 @@ class TextCompletion:
         prompt, completion = sum(self.prompt_tokens), sum(self.completion_tokens.values())
         return {"prompt_tokens": prompt, "completion_tokens": completion,
                 "total_tokens": prompt + completion}
+
+    def close(self) -> None:
+        """Release the engine streams and write the usage record (aborted if unfinished)."""
+        for stream in self.streams:
+            stream.close()
+        count = len(self.streams) * self.n
+        done = len(self.finish) == count
+        self.tracker.finish(self.finish.get(0, "stop") if done else "aborted")
 
     def _head(self) -> dict[str, Any]:
         return {"id": self.id, "object": "text_completion", "created": self.created,
@@ -111,15 +124,22 @@ class TextCompletion:
                 for out in outputs:
                     if out.error:
                         raise APIError(500, out.error, type="server_error", code="engine_error")
+                    self.tracker.first_token()
                     self.prompt_tokens[p] = out.prompt_tokens
                     index = p * self.n + out.index
                     self.completion_tokens[index] = out.completion_tokens
+                    if out.finish_reason:
+                        self.finish[index] = out.finish_reason
+                    usage = self.usage()
+                    self.tracker.count(usage["prompt_tokens"], usage["completion_tokens"])
                     yield index, out
+        except Exception:
+            self.tracker.finish("error")
+            raise
         finally:
             for task in tasks:
                 task.cancel()
-            for stream in self.streams:
-                stream.close()
+            self.close()
 
     def _echo(self, index: int) -> str:
         return self.texts[index // self.n] if self.req.echo else ""
@@ -127,12 +147,10 @@ class TextCompletion:
     async def body(self) -> dict[str, Any]:
         count = len(self.streams) * self.n
         texts = [[self._echo(i)] for i in range(count)]
-        finish: list[str | None] = [None] * count
         async for index, out in self._merged():
             texts[index].append(out.text)
-            finish[index] = out.finish_reason or finish[index]
         choices = [{"text": "".join(texts[i]), "index": i, "logprobs": None,
-                    "finish_reason": finish[i]} for i in range(count)]
+                    "finish_reason": self.finish.get(i)} for i in range(count)]
         return {**self._head(), "choices": choices, "usage": self.usage()}
 
     async def chunks(self) -> AsyncIterator[bytes]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi.responses import StreamingResponse
 
@@ -27,8 +28,24 @@ async def _with_error_event(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes
     yield DONE
 
 
-def sse_response(chunks: AsyncIterator[bytes], headers: dict[str, str] | None = None
-                 ) -> StreamingResponse:
-    return StreamingResponse(
-        _with_error_event(chunks), media_type="text/event-stream",
+class _ClosingStreamingResponse(StreamingResponse):
+    """Calls `on_close` however the response ends: the body iterator may never even start
+    when the client is gone before the headers are sent."""
+
+    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None],
+                 **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+def sse_response(chunks: AsyncIterator[bytes], on_close: Callable[[], None],
+                 headers: dict[str, str] | None = None) -> StreamingResponse:
+    return _ClosingStreamingResponse(
+        _with_error_event(chunks), on_close, media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})

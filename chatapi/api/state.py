@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from chatapi import __version__
 from chatapi.api.errors import context_length_exceeded, invalid_request
 from chatapi.api.protocol import SamplingFields
+from chatapi.api.usage import UsageRecord, UsageSink, UsageTracker, log_sink
 from chatapi.chat.template import ChatTemplate
 from chatapi.config import Settings
 from chatapi.engine.engine import AsyncEngine
@@ -32,6 +33,12 @@ class ServerState:
     registry: ModelRegistry
     template: ChatTemplate
     model_path: str
+    usage_sink: UsageSink = log_sink
+
+    def track(self, request_state: dict, endpoint: str, model: str) -> UsageTracker:
+        record = UsageRecord(request_id=request_state.get("request_id", ""), endpoint=endpoint,
+                             model=model, key_id=request_state.get("key_id"))
+        return UsageTracker(self.usage_sink, record, request_state.get("started"))
 
     @property
     def fingerprint(self) -> str:

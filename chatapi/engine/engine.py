@@ -225,6 +225,10 @@ class GenerationStream:
         self.remaining = len(group.seqs)
         self._closed = False
 
+    @property
+    def num_prompt_tokens(self) -> int:
+        return self._group.leader.num_prompt_tokens
+
     def __enter__(self) -> GenerationStream:
         return self
 

@@ -21,7 +21,8 @@ async def create_chat_completion(request: Request) -> Response:
     n = req.n or 1
     stream = state.engine.generate(tokens, state.sampling_params(req, max_tokens, n),
                                    request.state.request_id)
-    completion = ChatCompletion(state, req, stream)
+    tracker = state.track(request.scope["state"], "chat.completions", req.model)
+    completion = ChatCompletion(state, req, stream, tracker)
     if req.stream:
-        return sse_response(completion.chunks())
-    return await json_unless_disconnected(request, completion.body(), stream.close)
+        return sse_response(completion.chunks(), completion.close)
+    return await json_unless_disconnected(request, completion.body(), completion.close)

@@ -28,12 +28,8 @@ async def create_completion(request: Request) -> Response:
         for stream in streams:
             stream.close()
         raise
-    completion = TextCompletion(state, req, streams, texts)
+    tracker = state.track(request.scope["state"], "completions", req.model)
+    completion = TextCompletion(state, req, streams, texts, tracker)
     if req.stream:
-        return sse_response(completion.chunks())
-
-    def close_all() -> None:
-        for stream in streams:
-            stream.close()
-
-    return await json_unless_disconnected(request, completion.body(), close_all)
+        return sse_response(completion.chunks(), completion.close)
+    return await json_unless_disconnected(request, completion.body(), completion.close)

@@ -1,0 +1,37 @@
+"""One real server for the whole integration session, and an HTTP client for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .helpers import REQUEST_TIMEOUT_S, running_server, wait_idle
+
+HERE = Path(__file__).resolve().parent
+CTX_SIZE = 2048
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Everything in this directory needs the real default model.
+    for item in items:
+        if HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.model)
+
+
+@pytest.fixture(scope="session")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of one `chatapi serve --parallel 8 --ctx-size 2048` subprocess."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with running_server(log, "--parallel", "8", "--ctx-size", str(CTX_SIZE)) as url:
+        yield url
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as http:
+        # Each test starts on an idle server, so slot counts and timings are its own.
+        wait_idle(http, timeout=30)
+        yield http
