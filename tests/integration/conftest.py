@@ -17,7 +17,7 @@ CTX_SIZE = 2048
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Everything in this directory needs the real default model.
     for item in items:
-        if HERE in Path(str(item.path)).resolve().parents:
+        if HERE in item.path.resolve().parents:
             item.add_marker(pytest.mark.model)
 
 

@@ -149,8 +149,16 @@ def stream_chat(client: httpx.Client, **body: Any) -> list[dict[str, Any]]:
 def stream_complete(client: httpx.Client, **body: Any) -> list[dict[str, Any]]:
     chunks = sse_events(client, "/v1/completions", body)
     for chunk in chunks:
-        validate("CreateCompletionResponse", chunk)
+        validate_completion_chunk(chunk)
     return chunks
+
+
+def validate_completion_chunk(chunk: dict[str, Any]) -> None:
+    """A legacy completion chunk is a CreateCompletionResponse, except that OpenAI streams
+    `finish_reason: null` until a choice ends, which that (shared) schema does not allow."""
+    choices = [{**c, "finish_reason": c["finish_reason"] or "stop"} if "finish_reason" in c
+               else c for c in chunk.get("choices", [])]
+    validate("CreateCompletionResponse", {**chunk, "choices": choices})
 
 
 def chunk_text(chunks: list[dict[str, Any]], index: int = 0) -> str:

@@ -194,7 +194,7 @@ def test_obfuscated_attribute_access_fails_without_leaking(source: str) -> None:
         "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
         "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
         "{% set s = 'x' * 300000 %}{% for c in s %}{% for d in s %}{% endfor %}{% endfor %}",
-        "{% set r = range(100000) | list %}{% for i in r %}{% for j in r %}{% endfor %}{% endfor %}",
+        "{% set r = range(100000)|list %}{% for i in r %}{% for j in r %}{% endfor %}{% endfor %}",
     ],
 )
 def test_endless_loops_are_stopped_by_the_time_limit(source: str) -> None:
