@@ -69,7 +69,8 @@ def test_missing_and_empty_fields() -> None:
 
 def test_completion_prompt_forms() -> None:
     for prompt in ("a", ["a", "b"], [1, 2, 3], [[1, 2], [3]]):
-        req = parse_request(CompletionRequest, json.dumps({"model": "m", "prompt": prompt}).encode())
+        body = json.dumps({"model": "m", "prompt": prompt}).encode()
+        req = parse_request(CompletionRequest, body)
         assert req.prompt == prompt
     with pytest.raises(APIError):
         parse_request(CompletionRequest, b'{"model": "m", "prompt": {"x": 1}}')
