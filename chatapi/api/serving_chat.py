@@ -81,6 +81,7 @@ class ChatCompletion:
         self.created = now()
         self.n = req.n or 1
         self.prompt_tokens = 0
+        self.cached_tokens = 0
         self.completion_tokens = [0] * self.n
         self.finish: list[str | None] = [None] * self.n
         tracker.count(stream.num_prompt_tokens, 0)
@@ -89,7 +90,7 @@ class ChatCompletion:
         completion = sum(self.completion_tokens)
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
                 "total_tokens": self.prompt_tokens + completion,
-                "prompt_tokens_details": {"cached_tokens": 0},
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
                 "completion_tokens_details": {"reasoning_tokens": 0}}
 
     def close(self) -> None:
@@ -110,9 +111,11 @@ class ChatCompletion:
                         raise APIError(500, out.error, type="server_error", code="engine_error")
                     self.tracker.first_token()
                     self.prompt_tokens = out.prompt_tokens
+                    self.cached_tokens = max(self.cached_tokens, out.cached_tokens)
                     self.completion_tokens[out.index] = out.completion_tokens
                     self.finish[out.index] = out.finish_reason or self.finish[out.index]
-                    self.tracker.count(self.prompt_tokens, sum(self.completion_tokens))
+                    self.tracker.count(self.prompt_tokens, sum(self.completion_tokens),
+                                       self.cached_tokens)
                     yield out
         except Exception:
             self.tracker.finish("error")

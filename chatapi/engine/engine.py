@@ -27,11 +27,13 @@ class EngineDeadError(RuntimeError):
 
 
 class AsyncEngine:
-    def __init__(self, runner: Runner, *, num_slots: int, max_queue: int) -> None:
+    def __init__(self, runner: Runner, *, num_slots: int, max_queue: int,
+                 prefix_cache: bool = True, prefix_align: int = 1) -> None:
         self.runner = runner
         self.num_slots = num_slots
         self.max_queue = max_queue
-        self.scheduler = Scheduler(num_slots, runner.config.batch_size, max_waiting=1 << 30)
+        self.scheduler = Scheduler(num_slots, runner.config.batch_size, max_waiting=1 << 30,
+                                   prefix_align=prefix_align, prefix_cache=prefix_cache)
         self._inbox: deque[tuple[str, SequenceGroup]] = deque()
         self._wakeup = threading.Condition()
         self._samplers: dict[int, Sampler] = {}
@@ -114,17 +116,18 @@ class AsyncEngine:
                     group.on_output([SeqOutput(s.index, "", [], error=str(exc))
                                      for s in group.seqs])
             else:
-                for slot in self.scheduler.abort(group):
-                    self.runner.clear_slot(slot)
+                self.scheduler.abort(group)  # the slots keep their KV as cached prefixes
                 self._free_samplers(group.seqs)
 
     def _execute(self, step: Step) -> None:
         outputs: dict[SequenceGroup, list[SeqOutput]] = defaultdict(list)
         seqs = [step.prefill.seq] if step.prefill else step.decode
         try:
+            for slot, keep in step.trims:
+                self.runner.trim_slot(slot, keep)
             if step.prefill:
                 self._prefill(step, outputs)
-            else:
+            elif step.decode:
                 self._decode(step.decode, outputs)
         except RunnerError as exc:
             log.error("step failed: %s", exc)
@@ -181,14 +184,12 @@ class AsyncEngine:
 
     def _output(self, seq: Sequence, text: str, tokens: list[int], finish: str | None = None,
                 error: str | None = None) -> SeqOutput:
-        return SeqOutput(seq.index, text, tokens, finish, error,
-                         seq.num_prompt_tokens, seq.num_completion_tokens)
+        return SeqOutput(seq.index, text, tokens, finish, error, seq.num_prompt_tokens,
+                         seq.num_completion_tokens, seq.num_cached)
 
     def _finish(self, seq: Sequence, reason: str | None) -> None:
         seq.finish_reason = reason
-        slot = self.scheduler.finish(seq, Status.FINISHED)
-        if slot >= 0:
-            self.runner.clear_slot(slot)
+        self.scheduler.finish(seq, Status.FINISHED)
         self._free_samplers([seq])
 
     def _sampler(self, seq: Sequence) -> Sampler:

@@ -170,6 +170,14 @@ class Runner:
     def clear_slot(self, slot: int) -> None:
         lc.llama_memory_seq_rm(self.memory, slot, -1, -1)
 
+    def trim_slot(self, slot: int, keep: int) -> None:
+        """Drop the slot's KV from position `keep` on (0 drops all of it)."""
+        if keep <= 0:
+            self.clear_slot(slot)
+        elif not lc.llama_memory_seq_rm(self.memory, slot, keep, -1):
+            self.clear_slot(slot)  # models that cannot cut a sequence lose the whole prefix
+            raise RunnerError(f"cannot trim slot {slot} to {keep} tokens")
+
     def copy_slot(self, src: int, dst: int) -> None:
         lc.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
 

@@ -32,6 +32,7 @@ class SeqOutput:
     error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
 
 
 @dataclass(eq=False)
@@ -44,6 +45,7 @@ class Sequence:
     status: Status = Status.WAITING
     slot: int = -1  # llama.cpp seq_id while running
     num_computed: int = 0  # prompt tokens already in the KV cache
+    num_cached: int = 0  # of those, tokens reused from the prefix cache
     output_tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     arrival: float = field(default_factory=time.monotonic)

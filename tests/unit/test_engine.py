@@ -73,6 +73,12 @@ class FakeRunner:
     def clear_slot(self, slot: int) -> None:
         self.kv.pop(slot, None)
 
+    def trim_slot(self, slot: int, keep: int) -> None:
+        if keep <= 0:
+            self.kv.pop(slot, None)
+        elif slot in self.kv:
+            self.kv[slot] = min(self.kv[slot], keep)
+
     def copy_slot(self, src: int, dst: int) -> None:
         self.kv[dst] = self.kv[src]
 
@@ -120,8 +126,11 @@ def test_generates_until_eos_with_intact_utf8(engine) -> None:
     eng = engine()
     result = run(collect(eng, [SamplingParams(max_tokens=100, temperature=0)]))
     assert result == {0: (TEXT, "stop")}
-    assert eng.runner.kv == {}  # slot cleared when finished
+    assert not eng.scheduler.running
     assert all(s.freed for s in eng.runner.samplers)
+    # the slot keeps prompt + decoded tokens as a cached prefix
+    (slot, cached), = eng.scheduler.cached.items()
+    assert len(cached) == eng.runner.kv[slot] == PROMPT_LEN + len(TEXT.encode())
 
 
 def test_max_tokens_gives_length(engine) -> None:
@@ -154,8 +163,22 @@ def test_abort_frees_the_slot_within_a_step(engine) -> None:
 
     run(scenario())
     assert not eng.scheduler.running
-    assert eng.runner.kv == {}
+    assert eng.scheduler.free_slots and len(eng.scheduler.free_slots) == 4
     assert eng.in_flight == 0
+
+
+def test_second_request_reuses_the_cached_prompt(engine) -> None:
+    eng = engine()
+    run(collect(eng, [SamplingParams(max_tokens=100, temperature=0)]))
+
+    async def cached_tokens() -> int:
+        with eng.generate(PROMPT, [SamplingParams(max_tokens=2, temperature=0)]) as stream:
+            async for outputs in stream:
+                last = outputs[-1]
+        return last.cached_tokens
+
+    # all but the last prompt token come from the cache (it must be fed again for logits)
+    assert run(cached_tokens()) == PROMPT_LEN - 1
 
 
 def test_queue_full_is_refused_at_submit(engine) -> None:

@@ -118,3 +118,74 @@ def test_abort_frees_slots_and_waiting_entry() -> None:
     assert running.leader.status is Status.ABORTED
     assert sched.free_slots == [0]
     assert sched.schedule() is None
+
+
+def finish_all(sched: Scheduler) -> None:
+    for seq in list(sched.running):
+        sched.finish(seq)
+
+
+def make(prompt: list[int], n: int = 1) -> SequenceGroup:
+    seqs = [Sequence(list(prompt), SamplingParams(max_tokens=4), index=i) for i in range(n)]
+    return SequenceGroup(seqs, on_output=lambda outs: None)
+
+
+def test_follow_up_goes_to_the_slot_with_the_longest_prefix() -> None:
+    sched = Scheduler(num_slots=3, chunk_size=4, max_waiting=5)
+    a, b = make([1, 2, 3, 4, 5, 6]), make([9, 9, 9, 9])
+    sched.add(a)
+    sched.add(b)
+    prefill_all(sched)
+    prefill_all(sched)
+    finish_all(sched)
+    follow = make([1, 2, 3, 4, 5, 6, 0, 7, 8])  # a's prompt + its decoded token + new text
+    sched.add(follow)
+    step = sched.schedule()
+    assert follow.leader.slot == a.leader.slot
+    # a's KV holds its prompt; its one sampled token was never fed back, so not cached
+    assert follow.leader.num_cached == 6
+    assert step.prefill.start == 6 and step.prefill.end == 8  # chunks stay aligned to 4
+    assert (a.leader.slot, 6) not in step.trims
+
+
+def test_unrelated_prompt_takes_least_recently_used_slot_and_trims_it() -> None:
+    sched = Scheduler(num_slots=2, chunk_size=8, max_waiting=5)
+    first, second = make([1, 2, 3]), make([4, 5, 6])
+    sched.add(first)
+    prefill_all(sched)
+    sched.finish(first.leader)
+    sched.add(second)
+    prefill_all(sched)
+    sched.finish(second.leader)
+    other = make([7, 8, 9])
+    sched.add(other)
+    step = sched.schedule()
+    assert other.leader.slot == first.leader.slot  # least recently used
+    assert (first.leader.slot, 0) in step.trims
+    assert other.leader.num_cached == 0
+
+
+def test_prefix_align_rounds_reuse_down() -> None:
+    sched = Scheduler(num_slots=1, chunk_size=4, max_waiting=5, prefix_align=4)
+    a = make(list(range(10)))
+    sched.add(a)
+    prefill_all(sched)
+    finish_all(sched)
+    b = make(list(range(10)) + [50, 51])
+    sched.add(b)
+    step = sched.schedule()
+    assert b.leader.num_cached == 8
+    assert (0, 8) in step.trims
+
+
+def test_prefix_cache_off_always_clears() -> None:
+    sched = Scheduler(num_slots=1, chunk_size=8, max_waiting=5, prefix_cache=False)
+    a = make([1, 2, 3])
+    sched.add(a)
+    prefill_all(sched)
+    finish_all(sched)
+    b = make([1, 2, 3, 4])
+    sched.add(b)
+    step = sched.schedule()
+    assert b.leader.num_cached == 0
+    assert (0, 0) in step.trims
