@@ -1,4 +1,4 @@
-"""chatapi command line: serve, models, --version."""
+"""chatapi command line: serve, keys, usage, db, model-path, --version."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 
 from chatapi import __version__
 from chatapi.config import Settings, settings_from_env
+from chatapi.store import commands as store_commands
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,11 +22,20 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                         "gpt-3.5-turbo, gpt-4, gpt-4o, gpt-4o-mini)")
     p.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY",
                    help="require this bearer key (repeatable)")
+    p.add_argument("--database-url", help="keys and usage database: sqlite:///PATH or "
+                   "postgresql+asyncpg://USER@HOST/DB (default: chatapi.db in $CHATAPI_HOME)")
+    p.add_argument("--admin-key", action="append", dest="admin_keys", metavar="KEY",
+                   help="a key that may manage keys over /admin/keys and read /v1/usage "
+                        "(repeatable)")
+    p.add_argument("--require-key", action="store_true", default=None,
+                   help="refuse requests without a valid key even before any key exists")
     p.add_argument("--parallel", type=int, help="sequences generated at once (default 8)")
     p.add_argument("--ctx-size", type=int, help="context of one request in tokens (default 4096)")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument("--batch-size", type=int, help="tokens per llama_decode call (default 512)")
     p.add_argument("--max-queue", type=int, help="requests waiting before 429 (default 64)")
+    p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_const", const=False,
+                   help="process every prompt from scratch (no KV reuse between requests)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 
@@ -35,13 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     _serve_parser(sub)
     sub.add_parser("model-path", help="assemble the embedded default model; print its path")
+    store_commands.add_parsers(sub)
     return parser
 
 
 def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -> Settings:
     base = base or settings_from_env()
     fields = ("host", "port", "model", "served_model_name", "aliases", "api_keys", "parallel",
-              "ctx_size", "threads", "batch_size", "max_queue", "log_level")
+              "ctx_size", "threads", "batch_size", "max_queue", "prefix_cache", "log_level",
+              "database_url",
+              "admin_keys", "require_key")
     settings = base.with_overrides(**{f: getattr(args, f, None) for f in fields})
     problems = [f"--{name.replace('_', '-')} must be >= {low}"
                 for name, low in (("parallel", 1), ("ctx_size", 64), ("batch_size", 1),
@@ -76,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(ensure_default_model())
         return 0
+    if args.command in store_commands.COMMANDS:
+        return store_commands.run(args)
     build_parser().print_help()
     return 1
 

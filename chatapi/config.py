@@ -20,6 +20,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: list[str] = field(default_factory=list)
+    # keys, usage ledger, rate limits (chatapi.store)
+    database_url: str | None = None  # None = SQLite file chatapi.db in the home directory
+    admin_keys: list[str] = field(default_factory=list)  # may manage keys over /admin/keys
+    require_key: bool = False  # refuse requests without a key even before any key exists
     # model
     model: str | None = None  # path to a GGUF; None = the embedded default model
     served_model_name: str | None = None
@@ -31,6 +35,8 @@ class Settings:
     threads: int = 0  # 0 = all cores
     batch_size: int = 512  # max tokens per llama_decode (prefill chunk size)
     max_queue: int = 64  # requests waiting for a slot before 429
+    prefix_cache: bool = True  # finished requests leave their KV for a later common prefix
+    prefix_align: int = 64  # reuse only prompt tokens, in multiples of this (1: any token)
     seed: int | None = None  # default sampling seed when a request gives none
     # request limits
     max_body_bytes: int = 2 * 1024 * 1024
@@ -61,9 +67,11 @@ def _parse(kind: type, raw: str) -> Any:
 
 
 _FIELD_KINDS: dict[str, type] = {
-    "host": str, "port": int, "api_keys": list, "model": str, "served_model_name": str,
+    "host": str, "port": int, "api_keys": list, "database_url": str, "admin_keys": list,
+    "require_key": bool, "model": str, "served_model_name": str,
     "aliases": list, "home": Path, "parallel": int, "ctx_size": int, "threads": int,
-    "batch_size": int, "max_queue": int, "seed": int, "max_body_bytes": int,
+    "batch_size": int, "max_queue": int, "prefix_cache": bool, "prefix_align": int, "seed": int,
+    "max_body_bytes": int,
     "max_messages": int, "max_message_chars": int, "max_n": int, "max_stop": int,
     "max_stop_chars": int, "max_prompts": int, "request_timeout": float, "log_level": str,
 }

@@ -15,9 +15,10 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatapi import __version__
+from chatapi.api.auth import AuthMiddleware
 from chatapi.api.errors import HANDLED_ERRORS, APIError, error_body, error_response
-from chatapi.api.middleware import APIKeyMiddleware, BodyLimitMiddleware, RequestIdMiddleware
-from chatapi.api.routes import chat, completions, models
+from chatapi.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from chatapi.api.routes import admin, chat, completions, models, usage
 from chatapi.api.state import ServerState
 from chatapi.chat.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
 from chatapi.config import Settings
@@ -25,6 +26,7 @@ from chatapi.engine.engine import AsyncEngine
 from chatapi.engine.runner import Runner, RunnerConfig
 from chatapi.models.default import DEFAULT_MODEL_ID, ensure_default_model
 from chatapi.models.registry import ModelRegistry
+from chatapi.store import Store, resolve_url
 
 log = logging.getLogger("chatapi")
 PLAYGROUND_DIR = Path(__file__).resolve().parent.parent / "playground"
@@ -50,25 +52,34 @@ def build_state(settings: Settings) -> ServerState:
     log.info("loaded %s in %.1f s", model_path, time.monotonic() - started)
     template = ChatTemplate(runner.chat_template or DEFAULT_CHAT_TEMPLATE,
                             bos_token=runner.bos_text, eos_token=runner.eos_text)
-    engine = AsyncEngine(runner, num_slots=settings.parallel, max_queue=settings.max_queue)
+    engine = AsyncEngine(runner, num_slots=settings.parallel, max_queue=settings.max_queue,
+                         prefix_cache=settings.prefix_cache, prefix_align=settings.prefix_align)
     registry = ModelRegistry(model_id, [a for a in settings.aliases if a != model_id])
     return ServerState(settings, engine, registry, template, model_path)
 
 
 def create_app(settings: Settings, state: ServerState | None = None) -> FastAPI:
+    store = Store(resolve_url(settings.database_url, settings.home))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        server = state or build_state(settings)
-        server.engine.start()
-        app.state.chatapi = server
+        await store.open()  # applies migrations: a bad database fails before the model loads
+        app.state.store = store
         try:
-            yield
+            server = state or build_state(settings)
+            server.usage_sink = store.sink(forward=server.usage_sink)
+            server.engine.start()
+            app.state.chatapi = server
+            try:
+                yield
+            finally:
+                server.engine.stop()
         finally:
-            server.engine.stop()
+            await store.close()  # writes every queued usage row
 
     app = FastAPI(title="chatapi", version=__version__, lifespan=lifespan,
                   docs_url="/docs", redoc_url=None)
-    for router in (chat.router, completions.router, models.router):
+    for router in (chat.router, completions.router, models.router, admin.router, usage.router):
         app.include_router(router)
     _install_error_handlers(app)
 
@@ -82,7 +93,8 @@ def create_app(settings: Settings, state: ServerState | None = None) -> FastAPI:
 
     # Outermost first: ids on every response, then auth, then the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(APIKeyMiddleware, keys=settings.api_keys)
+    app.add_middleware(AuthMiddleware, store=store, api_keys=settings.api_keys,
+                       admin_keys=settings.admin_keys, require_key=settings.require_key)
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids and timing headers, body size limit, API key check.
+"""ASGI middleware: request ids and timing headers, body size limit (API keys: api/auth.py).
 
 Security decisions use `scope["path"]` (already percent-decoded by the server), never a URL
 rebuilt from the Host header.
@@ -6,7 +6,6 @@ rebuilt from the Host header.
 
 from __future__ import annotations
 
-import hmac
 import json
 import secrets
 import time
@@ -100,30 +99,3 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
-
-
-class APIKeyMiddleware:
-    """When keys are configured, every path but the open ones needs `Bearer <key>`."""
-
-    def __init__(self, app: ASGIApp, keys: Iterable[str]) -> None:
-        self.app = app
-        self.keys = [key.encode() for key in keys if key]
-
-    def _valid(self, token: bytes) -> bool:
-        ok = False
-        for key in self.keys:  # compare with every key, so timing says nothing
-            ok |= hmac.compare_digest(token, key)
-        return ok
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or is_open_path(scope["path"]):
-            return await self.app(scope, receive, send)
-        auth = _header(scope, b"authorization") or b""
-        scheme, _, token = auth.partition(b" ")
-        if scheme.lower() == b"bearer" and self._valid(token.strip()):
-            return await self.app(scope, receive, send)
-        message = ("You didn't provide an API key. You need to provide your API key in an "
-                   "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-                   if not auth else "Incorrect API key provided.")
-        await send_error(send, APIError(401, message, code="invalid_api_key"),
-                         [(b"www-authenticate", b"Bearer")])

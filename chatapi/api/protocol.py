@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from chatapi.api.errors import APIError, invalid_request
 
@@ -31,11 +31,31 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+FunctionName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+MAX_TOOLS = 128  # OpenAI's limit on tools (and legacy functions) in one request
+
+
+class FunctionCall(_Strict):
+    """A call the assistant made, in a message of the history."""
+
+    name: str = Field(max_length=256)
+    arguments: str
+
+
+class MessageToolCall(_Strict):
+    id: str = Field(max_length=256)
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
     name: str | None = Field(default=None, max_length=256)
+    tool_calls: list[MessageToolCall] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(default=None, max_length=256)
+    function_call: FunctionCall | None = None  # legacy
 
     @property
     def text(self) -> str:
@@ -44,6 +64,51 @@ class ChatMessage(_Strict):
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+
+class FunctionDefinition(_Strict):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: FunctionName
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class TextFormat(_Strict):
+    type: Literal["text"]
+
+
+class JSONObjectFormat(_Strict):
+    type: Literal["json_object"]
+
+
+class JSONSchemaSpec(_Strict):
+    name: FunctionName
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class JSONSchemaFormat(_Strict):
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaSpec
+
+
+ResponseFormat = Annotated[TextFormat | JSONObjectFormat | JSONSchemaFormat,
+                           Field(discriminator="type")]
 
 
 class SamplingFields(_Strict):
@@ -59,6 +124,30 @@ class SamplingFields(_Strict):
     user: str | None = Field(default=None, max_length=256)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    # Extensions (vLLM's names), not in OpenAI's API: off when absent.
+    top_k: int | None = Field(default=None, ge=-1, le=1_000_000,
+                              description="extension: sample from the k most likely tokens; "
+                                          "0 or -1 = off")
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0,
+                                description="extension: drop tokens below min_p times the "
+                                            "probability of the most likely one")
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0,
+                                             description="extension: divide the logits of "
+                                                         "tokens already generated; 1 = off")
+
+    # How serving decided to run this request (grammar, tools, logprobs): set by prepare_*.
+    _plan: Any = PrivateAttr(default=None)
+
+    @property
+    def plan(self) -> Any:
+        return self._plan
+
+    def set_plan(self, plan: Any) -> None:
+        self._plan = plan
+
+    def engine_options(self) -> dict[str, Any]:
+        """SamplingParams fields that come from the plan rather than from request fields."""
+        return self._plan.engine_options() if self._plan is not None else {}
 
     @property
     def stop_list(self) -> list[str]:
@@ -70,14 +159,15 @@ class SamplingFields(_Strict):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str = Field(min_length=1, max_length=256)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT64)
-    # Accepted so that clients sending them get a clear answer (see NOT_SUPPORTED_CHAT).
-    tools: Any = None
-    tool_choice: Any = None
-    functions: Any = None
-    function_call: Any = None
-    response_format: Any = None
+    function_call: Literal["none", "auto"] | NamedFunction | None = None  # legacy
+    functions: list[FunctionDefinition] | None = Field(default=None, min_length=1,
+                                                       max_length=MAX_TOOLS)  # legacy
     logprobs: bool | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=INT64)
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tools: list[ChatTool] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     @property
@@ -88,8 +178,8 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     model: str = Field(min_length=1, max_length=256)
     prompt: str | list[str] | list[int] | list[list[int]]
+    best_of: int | None = Field(default=None, ge=1, le=4)
     echo: bool | None = False
-    best_of: int | None = Field(default=None, ge=1, le=128)
     logprobs: int | None = Field(default=None, ge=0, le=5)
     suffix: str | None = None
 
@@ -113,7 +203,9 @@ def parse_request(model: type[M], body: bytes) -> M:
 
 
 def _validation_error(exc: ValidationError) -> APIError:
-    first = exc.errors(include_url=False)[0]
+    # Of the alternatives of a union, the error that got furthest names the real problem.
+    errors = exc.errors(include_url=False)
+    first = max(errors, key=lambda e: len(_param_name([str(p) for p in e["loc"]]).split(".")))
     loc = [str(part) for part in first["loc"]]
     param = _param_name(loc)
     given = first.get("input")
@@ -125,9 +217,15 @@ def _validation_error(exc: ValidationError) -> APIError:
     return invalid_request(message, param=param)
 
 
+_UNION_TAGS = {"response_format": {"text", "json_object", "json_schema"}}
+
+
 def _param_name(loc: list[str]) -> str:
-    # drop pydantic's union-branch labels like "str" or "list[TextPart]"
-    parts = [p for p in loc if not any(c in p for c in "[]") and p not in {"str", "int", "float"}]
+    # drop pydantic's union-branch labels: "str", "list[TextPart]", "NamedToolChoice", tags
+    if len(loc) > 1 and loc[1] in _UNION_TAGS.get(loc[0], ()):
+        loc = [loc[0], *loc[2:]]
+    parts = [p for p in loc if not any(c in p for c in "[]") and p not in {"str", "int", "float"}
+             and not p[:1].isupper()]
     out = ""
     for part in parts:
         out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)

@@ -4,18 +4,66 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from chatapi.api.errors import APIError, invalid_request
-from chatapi.api.protocol import ChatCompletionRequest, ChatMessage
+from chatapi.api.logprobs import chat_logprobs
+from chatapi.api.protocol import ChatCompletionRequest, ChatMessage, NamedFunction
 from chatapi.api.sse import event
 from chatapi.api.state import ServerState, new_id, now
 from chatapi.api.usage import UsageTracker
+from chatapi.chat.tools import (
+    CallArguments,
+    CallStart,
+    Content,
+    Event,
+    FunctionSpec,
+    ToolCallParser,
+    ToolFormat,
+    call_grammar,
+    detect_format,
+    inline_history,
+    openai_history,
+    parse_tool_calls,
+    template_takes_tools,
+)
 from chatapi.engine.engine import GenerationStream
+from chatapi.engine.grammar import SchemaError, json_object_grammar, schema_grammar
 from chatapi.engine.sequence import SeqOutput
 
-# Parts of the request that belong to later work: refuse them clearly instead of ignoring them.
-_UNSUPPORTED = ("tools", "functions")
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """The functions offered to the model and how its output is read."""
+
+    fmt: ToolFormat
+    functions: tuple[FunctionSpec, ...]
+    choice: str  # "none" | "auto" | "required" | "named"
+    legacy: bool  # `functions` / `function_call` (one call, message.function_call)
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(f.name for f in self.functions)
+
+    @property
+    def parses(self) -> bool:
+        return self.choice != "none"
+
+    def finish_reason(self) -> str:
+        return "function_call" if self.legacy else "tool_calls"
+
+
+@dataclass(frozen=True)
+class ChatPlan:
+    """What prepare_chat decided beyond the prompt: grammar, tools, logprobs."""
+
+    grammar: str | None = None
+    tools: ToolPlan | None = None
+    top_logprobs: int | None = None  # None: no logprobs
+
+    def engine_options(self) -> dict[str, Any]:
+        return {"grammar": self.grammar, "logprobs": self.top_logprobs}
 
 
 def check_chat_request(state: ServerState, req: ChatCompletionRequest) -> None:
@@ -30,17 +78,88 @@ def check_chat_request(state: ServerState, req: ChatCompletionRequest) -> None:
                 f"Invalid value for 'messages[{i}].content': at most "
                 f"{limits.max_message_chars} characters, got {len(message.text)}.",
                 param=f"messages[{i}].content")
-    for name in _UNSUPPORTED:
-        if getattr(req, name):
-            raise invalid_request(f"'{name}' is not supported by this server yet.", param=name)
-    fmt = req.response_format
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise invalid_request("Only response_format {'type': 'text'} is supported yet.",
-                              param="response_format")
-    if req.logprobs:
-        raise invalid_request("'logprobs' is not supported by this server yet.",
-                              param="logprobs")
+        _check_message(i, message)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise invalid_request("'top_logprobs' requires 'logprobs' to be true.",
+                              param="top_logprobs")
     state.check_sampling(req, req.n or 1)
+
+
+def _check_message(i: int, message: ChatMessage) -> None:
+    if message.role == "tool" and not message.tool_call_id:
+        raise invalid_request(f"Missing required parameter: 'messages[{i}].tool_call_id'.",
+                              param=f"messages[{i}].tool_call_id")
+    if message.role == "function" and not message.name:
+        raise invalid_request(f"Missing required parameter: 'messages[{i}].name'.",
+                              param=f"messages[{i}].name")
+    if message.role != "assistant" and (message.tool_calls or message.function_call):
+        raise invalid_request(f"Invalid value for 'messages[{i}]': only assistant messages "
+                              "carry tool_calls or function_call.", param=f"messages[{i}]")
+
+
+def tool_plan(state: ServerState, req: ChatCompletionRequest) -> ToolPlan | None:
+    """Which functions the model is offered, and whether it may, must or must not call one."""
+    if req.tools and req.functions:
+        raise invalid_request("Use either 'tools' or the legacy 'functions', not both.",
+                              param="functions")
+    legacy = bool(req.functions) or (req.function_call is not None and not req.tools)
+    choice_param = "function_call" if legacy else "tool_choice"
+    choice = req.function_call if legacy else req.tool_choice
+    if req.tools:
+        functions = [FunctionSpec(t.function.name, t.function.description,
+                                  t.function.parameters, bool(t.function.strict))
+                     for t in req.tools]
+    elif req.functions:
+        functions = [FunctionSpec(f.name, f.description, f.parameters, bool(f.strict))
+                     for f in req.functions]
+    else:
+        if choice is not None and choice != "none":
+            what = "functions" if legacy else "tools"
+            raise invalid_request(f"'{choice_param}' is only allowed when '{what}' are given.",
+                                  param=choice_param)
+        return None
+    names = [f.name for f in functions]
+    if len(set(names)) != len(names):
+        raise invalid_request("Function names must be unique.",
+                              param="functions" if legacy else "tools")
+    if choice is None or isinstance(choice, str):
+        kind = choice or "auto"
+    else:
+        name = choice.name if isinstance(choice, NamedFunction) else choice.function.name
+        if name not in names:
+            raise invalid_request(f"Invalid value for '{choice_param}': no function named "
+                                  f"{name!r} in '{'functions' if legacy else 'tools'}'.",
+                                  param=choice_param)
+        functions = [f for f in functions if f.name == name] + \
+                    [f for f in functions if f.name != name]
+        kind = "named"
+    return ToolPlan(detect_format(state.template.source), tuple(functions), kind, legacy)
+
+
+def _grammar(req: ChatCompletionRequest, tools: ToolPlan | None) -> str | None:
+    """The grammar decoding must follow: an enforced call, or the response_format."""
+    if tools is not None and tools.choice in ("required", "named"):
+        functions = list(tools.functions[:1] if tools.choice == "named" else tools.functions)
+        parallel = tools.choice == "required" and not tools.legacy \
+            and req.parallel_tool_calls is not False
+        try:
+            return call_grammar(tools.fmt, functions, parallel=parallel)
+        except SchemaError as exc:
+            index = [f.name for f in (req.tools or req.functions or [])]
+            where = index.index(functions[0].name) if len(functions) == 1 else 0
+            param = (f"functions[{where}].parameters" if tools.legacy
+                     else f"tools[{where}].function.parameters")
+            raise invalid_request(f"Invalid value for '{param}': {exc}", param=param) from None
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return json_object_grammar()
+    try:
+        return schema_grammar(fmt.json_schema.schema_ if fmt.json_schema.schema_ else {})
+    except SchemaError as exc:
+        raise invalid_request(f"Invalid value for 'response_format.json_schema.schema': {exc}",
+                              param="response_format.json_schema.schema") from None
 
 
 def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
@@ -50,15 +169,24 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
         item["role"] = "system" if message.role == "developer" else message.role
         item["content"] = message.text
         out.append(item)
-    return out
+    return openai_history(out)
 
 
 async def prepare_chat(state: ServerState, req: ChatCompletionRequest
                        ) -> tuple[list[int], int]:
-    """Validate, render and tokenize; returns (prompt tokens, max_tokens)."""
+    """Validate, render and tokenize; returns (prompt tokens, max_tokens). The grammar, tools
+    and logprobs decided here are left on `req.plan`."""
     state.registry.resolve(req.model)
     check_chat_request(state, req)
-    prompt = await asyncio.to_thread(state.template.render, template_messages(req.messages),
+    tools = tool_plan(state, req)
+    grammar = await asyncio.to_thread(_grammar, req, tools)
+    req.set_plan(ChatPlan(grammar, tools, (req.top_logprobs or 0) if req.logprobs else None))
+    messages = template_messages(req.messages)
+    offered = [f.as_tool() for f in tools.functions] if tools and tools.parses else None
+    if not template_takes_tools(state.template.source):
+        messages = inline_history(messages, list(tools.functions) if offered else [])
+        offered = None
+    prompt = await asyncio.to_thread(state.template.render, messages, tools=offered,
                                      add_generation_prompt=True)
     tokens = await state.tokenize(prompt, special=True)
     return tokens, state.completion_budget(len(tokens), req.completion_limit)
@@ -75,6 +203,7 @@ class ChatCompletion:
                  tracker: UsageTracker) -> None:
         self.state = state
         self.req = req
+        self.plan: ChatPlan = req.plan or ChatPlan()
         self.stream = stream
         self.tracker = tracker
         self.id = new_id("chatcmpl-")
@@ -84,6 +213,9 @@ class ChatCompletion:
         self.cached_tokens = 0
         self.completion_tokens = [0] * self.n
         self.finish: list[str | None] = [None] * self.n
+        tools = self.plan.tools
+        self.parsers = [ToolCallParser(tools.fmt, tools.names) if tools and tools.parses
+                        else None for _ in range(self.n)]
         tracker.count(stream.num_prompt_tokens, 0)
 
     def usage(self) -> dict[str, Any]:
@@ -123,31 +255,111 @@ class ChatCompletion:
         finally:
             self.close()
 
+    def _called(self, index: int, called: bool) -> None:
+        """A choice that ended by itself after calling a function ends with tool_calls."""
+        tools = self.plan.tools
+        if called and tools and self.finish[index] == "stop":
+            self.finish[index] = tools.finish_reason()
+
+    def _logprobs(self, out: SeqOutput) -> list[dict[str, Any]]:
+        if self.plan.top_logprobs is None or not out.logprobs:
+            return []
+        return chat_logprobs(self.state.engine.runner.token_bytes, out.logprobs)
+
+    # --- one JSON body ----------------------------------------------------------------------
+
     async def body(self) -> dict[str, Any]:
         texts: list[list[str]] = [[] for _ in range(self.n)]
+        logprobs: list[list[dict]] = [[] for _ in range(self.n)]
+        messages: list[dict[str, Any]] = [{} for _ in range(self.n)]
         async for out in self._outputs():
             texts[out.index].append(out.text)
-        choices = [{"index": i,
-                    "message": {"role": "assistant", "content": "".join(texts[i]),
-                                "refusal": None},
-                    "logprobs": None, "finish_reason": self.finish[i]} for i in range(self.n)]
+            logprobs[out.index] += self._logprobs(out)
+            if out.finish_reason:
+                messages[out.index] = self._message(out.index, "".join(texts[out.index]))
+        choices = [{"index": i, "message": messages[i] or self._message(i, "".join(texts[i])),
+                    "logprobs": self._choice_logprobs(logprobs[i]),
+                    "finish_reason": self.finish[i]} for i in range(self.n)]
         return {**self._head("chat.completion"), "choices": choices, "usage": self.usage()}
+
+    def _message(self, index: int, text: str) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        tools = self.plan.tools
+        if tools is None or not tools.parses:
+            return message
+        parsed = parse_tool_calls(text, tools.fmt, tools.names)
+        self._called(index, bool(parsed.calls))
+        if not parsed.calls:
+            return message
+        message["content"] = parsed.content
+        if tools.legacy:
+            call = parsed.calls[0]
+            message["function_call"] = {"name": call.name, "arguments": call.arguments}
+        else:
+            message["tool_calls"] = [call.as_openai() for call in parsed.calls]
+        return message
+
+    def _choice_logprobs(self, content: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if self.plan.top_logprobs is None:
+            return None
+        return {"content": content, "refusal": None}
+
+    # --- SSE chunks -------------------------------------------------------------------------
 
     async def chunks(self) -> AsyncIterator[bytes]:
         include_usage = bool(self.req.stream_options and self.req.stream_options.include_usage)
         extra = {"usage": None} if include_usage else {}
         head = self._head("chat.completion.chunk")
 
-        def chunk(index: int, delta: dict, finish: str | None = None) -> bytes:
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        def chunk(index: int, delta: dict, finish: str | None = None,
+                  logprobs: list[dict] | None = None) -> bytes:
+            choice = {"index": index, "delta": delta,
+                      "logprobs": self._choice_logprobs(logprobs) if logprobs else None,
+                      "finish_reason": finish}
             return event({**head, "choices": [choice], **extra})
 
+        tools = self.plan.tools
+        first = {"role": "assistant", "content": None if tools and tools.parses else "",
+                 "refusal": None}
         for i in range(self.n):
-            yield chunk(i, {"role": "assistant", "content": "", "refusal": None})
+            yield chunk(i, first)
+        pending: list[list[dict]] = [[] for _ in range(self.n)]
         async for out in self._outputs():
-            if out.text:
-                yield chunk(out.index, {"content": out.text})
+            i = out.index
+            pending[i] += self._logprobs(out)
+            for delta in self._deltas(i, out):
+                yield chunk(i, delta, logprobs=pending[i])
+                pending[i] = []
             if out.finish_reason:
-                yield chunk(out.index, {}, out.finish_reason)
+                parser = self.parsers[i]
+                self._called(i, bool(parser and parser.calls))
+                yield chunk(i, {}, self.finish[i], logprobs=pending[i])
         if include_usage:
             yield event({**head, "choices": [], "usage": self.usage()})
+
+    def _deltas(self, index: int, out: SeqOutput) -> list[dict[str, Any]]:
+        parser = self.parsers[index]
+        if parser is None:
+            return [{"content": out.text}] if out.text else []
+        events = parser.feed(out.text) if out.text else []
+        if out.finish_reason:
+            events += parser.finish()
+        legacy = bool(self.plan.tools and self.plan.tools.legacy)
+        return [d for d in (_delta(e, legacy) for e in events) if d]
+
+
+def _delta(e: Event, legacy: bool) -> dict[str, Any] | None:
+    if isinstance(e, Content):
+        return {"content": e.text}
+    if legacy:
+        if e.index:  # the legacy form carries one call
+            return None
+        if isinstance(e, CallStart):
+            return {"function_call": {"name": e.name, "arguments": ""}}
+        return {"function_call": {"arguments": e.fragment}}
+    if isinstance(e, CallStart):
+        return {"tool_calls": [{"index": e.index, "id": e.id, "type": "function",
+                                "function": {"name": e.name, "arguments": ""}}]}
+    if isinstance(e, CallArguments):
+        return {"tool_calls": [{"index": e.index, "function": {"arguments": e.fragment}}]}
+    return None

@@ -73,11 +73,7 @@ class ServerState:
                 raise invalid_request(
                     f"Invalid value for 'stop': each sequence must have 1 to "
                     f"{limits.max_stop_chars} characters, got {len(stop)}.", param="stop")
-        for key in (req.logit_bias or {}):
-            if not key.isdigit() or int(key) >= self.engine.runner.n_vocab:
-                raise invalid_request(
-                    f"Invalid key in 'logit_bias': {key[:20]!r} is not a token id of this model.",
-                    param="logit_bias")
+        check_logit_bias(req.logit_bias or {}, self.engine.runner.n_vocab)
 
     def completion_budget(self, prompt_tokens: int, requested: int | None) -> int:
         """max_tokens for a prompt: the request's value if it fits, else a 400."""
@@ -93,6 +89,10 @@ class ServerState:
 
     def sampling_params(self, req: SamplingFields, max_tokens: int, n: int
                         ) -> list[SamplingParams]:
+        """One SamplingParams per sequence: n, or the plan's count (legacy best_of); the plan
+        also sets engine-only fields (grammar, logprobs)."""
+        extra = req.engine_options()
+        n = extra.pop("sequences", n)
         temperature = 1.0 if req.temperature is None else req.temperature
         seed = req.seed if req.seed is not None else self.settings.seed
         bias = {int(k): v for k, v in (req.logit_bias or {}).items()}
@@ -101,8 +101,23 @@ class ServerState:
             top_p=1.0 if req.top_p is None else max(req.top_p, 1e-6),
             seed=None if seed is None else seed & 0xFFFFFFFF, stop=tuple(req.stop_list),
             presence_penalty=req.presence_penalty or 0.0,
-            frequency_penalty=req.frequency_penalty or 0.0, logit_bias=bias)
+            frequency_penalty=req.frequency_penalty or 0.0, logit_bias=bias,
+            top_k=max(req.top_k or 0, 0), min_p=req.min_p or 0.0,
+            repetition_penalty=req.repetition_penalty or 1.0, **extra)
         return [params] * n
+
+
+def check_logit_bias(bias: dict[str, float], n_vocab: int) -> None:
+    """400 naming every key that is not a token id of the model, and the vocabulary size."""
+    bad = [key for key in bias
+           if not (key.isascii() and key.isdigit() and len(key) < 12 and int(key) < n_vocab)]
+    if not bad:
+        return
+    shown = ", ".join(repr(key[:24]) for key in bad[:100])
+    more = f" and {len(bad) - 100} more" if len(bad) > 100 else ""
+    raise invalid_request(
+        f"Invalid keys in 'logit_bias': {shown}{more}: keys must be token ids of this model, "
+        f"0 to {n_vocab - 1} (its vocabulary has {n_vocab} tokens).", param="logit_bias")
 
 
 def now() -> int:

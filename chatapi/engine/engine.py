@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from chatapi.engine.runner import Row, Runner, RunnerError, Sampler
-from chatapi.engine.sampling import SamplingParams
+from chatapi.engine.sampling import SamplingParams, TokenLogprob
 from chatapi.engine.scheduler import QueueFullError, Scheduler, Step
 from chatapi.engine.sequence import SeqOutput, Sequence, SequenceGroup, Status
 
@@ -111,8 +111,11 @@ class AsyncEngine:
         for action, group in inbox:
             if action == "add":
                 try:
+                    for seq in group.seqs:  # a sampler llama.cpp refuses fails this request only
+                        self._sampler(seq)
                     self.scheduler.add(group)
                 except (QueueFullError, ValueError) as exc:
+                    self._free_samplers(group.seqs)
                     group.on_output([SeqOutput(s.index, "", [], error=str(exc))
                                      for s in group.seqs])
             else:
@@ -142,10 +145,14 @@ class AsyncEngine:
     def _prefill(self, step: Step, outputs: dict[SequenceGroup, list[SeqOutput]]) -> None:
         chunk = step.prefill
         seq = chunk.seq
-        rows = [Row(tok, chunk.start + i, seq.slot, False) for i, tok in enumerate(chunk.tokens)]
+        scored = seq.params.prompt_logprobs is not None  # every prompt row's logits are needed
+        rows = [Row(tok, chunk.start + i, seq.slot, scored)
+                for i, tok in enumerate(chunk.tokens)]
         if chunk.is_last:
             rows[-1] = replace(rows[-1], logits=True)
         self.runner.decode(rows)
+        if scored:
+            self._score_prompt(seq, chunk.start, chunk.end)
         seq.num_computed = chunk.end
         if not chunk.is_last:
             return
@@ -153,24 +160,37 @@ class AsyncEngine:
             self.runner.copy_slot(seq.slot, fork.slot)
             fork.num_computed = fork.num_prompt_tokens
         for s in seq.group.seqs:
-            token = self.runner.sample(self._sampler(s), len(rows) - 1)
-            self._append(s, token, outputs)
+            self._append(s, *self._sample(s, len(rows) - 1), outputs)
 
     def _decode(self, seqs: list[Sequence], outputs: dict[SequenceGroup, list[SeqOutput]]
                 ) -> None:
         rows = [Row(s.last_token, s.position, s.slot, True) for s in seqs]
         self.runner.decode(rows)
         for i, seq in enumerate(seqs):
-            token = self.runner.sample(self._sampler(seq), i)
-            self._append(seq, token, outputs)
+            self._append(seq, *self._sample(seq, i), outputs)
 
-    def _append(self, seq: Sequence, token: int,
+    def _sample(self, seq: Sequence, row: int) -> tuple[int, TokenLogprob | None]:
+        token = self.runner.sample(self._sampler(seq), row)
+        top = seq.params.logprobs
+        return token, None if top is None else self.runner.logprobs(row, token, top)
+
+    def _score_prompt(self, seq: Sequence, start: int, end: int) -> None:
+        """Log-probabilities of the prompt tokens that rows start..end-1 predict."""
+        top = seq.params.prompt_logprobs or 0
+        if seq.prompt_logprobs is None:  # the first token (and any reused prefix) has none
+            seq.prompt_logprobs = [None] * (start + 1)
+        scores = seq.prompt_logprobs
+        for i, target in enumerate(seq.prompt_tokens[start + 1:end + 1]):
+            scores.append(self.runner.logprobs(i, target, top))
+
+    def _append(self, seq: Sequence, token: int, logprob: TokenLogprob | None,
                 outputs: dict[SequenceGroup, list[SeqOutput]]) -> None:
         seq.output_tokens.append(token)
         detok = seq.detokenizer
         finish = None
         if self.runner.is_eog(token):
             text, finish = detok.finish(), "stop"
+            logprob = None  # the end token is not part of the text
         else:
             text = detok.feed(self.runner.token_bytes(token))
             if detok.stopped:
@@ -180,7 +200,11 @@ class AsyncEngine:
                 text, finish = text + detok.finish(), "length"
         if finish:
             self._finish(seq, finish)
-        outputs[seq.group].append(self._output(seq, text, [token], finish))
+        out = self._output(seq, text, [token], finish)
+        out.logprobs = None if logprob is None else [logprob]
+        if seq.num_completion_tokens == 1:
+            out.prompt_logprobs = seq.prompt_logprobs
+        outputs[seq.group].append(out)
 
     def _output(self, seq: Sequence, text: str, tokens: list[int], finish: str | None = None,
                 error: str | None = None) -> SeqOutput:

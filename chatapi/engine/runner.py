@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import os
 import random
 from dataclasses import dataclass
 
 import llama_cpp as lc
+import numpy as np
 
-from chatapi.engine.sampling import SamplingParams
+from chatapi.engine.sampling import SamplingParams, TokenLogprob
 
 log = logging.getLogger("chatapi.runner")
 
@@ -29,7 +31,8 @@ class RunnerConfig:
     num_slots: int  # sequences held in the KV cache at once
     batch_size: int
     threads: int = 0
-    flash_attn: bool = False  # on: faster long contexts, but greedy text varies with batch mates
+    flash_attn: bool = False  # on: greedy text varies with batch mates (measured)
+    kv_unified: bool = True  # one KV pool for all slots
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,11 @@ class Row:
     pos: int
     slot: int
     logits: bool
+
+
+def _finite_logprob(value: float) -> float:
+    # JSON has no -inf: OpenAI reports impossible tokens as -9999.0
+    return value if value > -9999.0 else -9999.0
 
 
 def _quiet_llama_log() -> None:
@@ -67,7 +75,7 @@ class Runner:
         cparams.n_seq_max = config.num_slots
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
-        cparams.kv_unified = True  # one KV pool shared by all slots: forks share prompt cells
+        cparams.kv_unified = config.kv_unified
         cparams.no_perf = True
         cparams.flash_attn_type = (
             lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attn
@@ -186,9 +194,44 @@ class Runner:
     def new_sampler(self, params: SamplingParams) -> Sampler:
         return Sampler(self, params)
 
+    # --- log-probabilities --------------------------------------------------------------------
+
+    def logprobs(self, row_index: int, token: int, top: int) -> TokenLogprob:
+        """Log-softmax of the raw logits of a decoded row (the row `sample` just used): the
+        log-probability of `token` and the `top` most likely tokens."""
+        ptr = lc.llama_get_logits_ith(self.ctx, row_index)
+        if not ptr:
+            raise RunnerError(f"no logits for batch row {row_index}")
+        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        peak = float(logits.max())
+        log_total = peak + math.log(float(np.exp(logits - peak).sum(dtype=np.float64)))
+        chosen = _finite_logprob(float(logits[token]) - log_total)
+        if top <= 0:
+            return TokenLogprob(token, chosen)
+        best = np.argpartition(logits, -top)[-top:]
+        best = best[np.argsort(-logits[best], kind="stable")]
+        return TokenLogprob(token, chosen, tuple(
+            (int(t), _finite_logprob(float(logits[t]) - log_total)) for t in best))
+
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """The model's fill-in-the-middle tokens (prefix, suffix, middle), if it has them."""
+        tokens = (lc.llama_vocab_fim_pre(self.vocab), lc.llama_vocab_fim_suf(self.vocab),
+                  lc.llama_vocab_fim_mid(self.vocab))
+        return tokens if min(tokens) >= 0 else None
+
+
+class SamplerError(ValueError):
+    """llama.cpp refused a sequence's sampler (a grammar it cannot parse); only that
+    sequence fails."""
+
 
 class Sampler:
-    """A llama.cpp sampler chain for one sequence; temperature 0 means greedy."""
+    """A llama.cpp sampler chain for one sequence; temperature 0 means greedy.
+
+    Order: logit bias, penalties, grammar, then greedy, or top-k, top-p, min-p, temperature
+    and a seeded draw. The grammar comes before any truncation so that it can never be left
+    with no allowed token.
+    """
 
     def __init__(self, runner: Runner, params: SamplingParams) -> None:
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
@@ -199,19 +242,33 @@ class Sampler:
             for i, (token, bias) in enumerate(items):
                 arr[i].token = token
                 arr[i].bias = bias
-            lc.llama_sampler_chain_add(
-                chain, lc.llama_sampler_init_logit_bias(runner.n_vocab, len(items), arr))
+            self._add(lc.llama_sampler_init_logit_bias(runner.n_vocab, len(items), arr))
         if params.penalized:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_penalties(
-                runner.config.ctx_size, 1.0, params.frequency_penalty, params.presence_penalty))
+            self._add(lc.llama_sampler_init_penalties(
+                runner.config.ctx_size, params.repetition_penalty, params.frequency_penalty,
+                params.presence_penalty))
+        if params.grammar is not None:
+            grammar = lc.llama_sampler_init_grammar(runner.vocab, params.grammar.encode(),
+                                                    b"root")
+            if not grammar:
+                self.free()
+                raise SamplerError("llama.cpp could not parse the generated grammar")
+            self._add(grammar)
         if params.greedy:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+            self._add(lc.llama_sampler_init_greedy())
             return
         seed = params.seed if params.seed is not None else random.getrandbits(32)
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(params.temperature))
+        if params.top_k > 0:
+            self._add(lc.llama_sampler_init_top_k(params.top_k))
         if params.top_p < 1.0:
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(params.top_p, 1))
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+            self._add(lc.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            self._add(lc.llama_sampler_init_min_p(params.min_p, 1))
+        self._add(lc.llama_sampler_init_temp(params.temperature))
+        self._add(lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def _add(self, sampler: object) -> None:
+        lc.llama_sampler_chain_add(self.handle, sampler)
 
     def free(self) -> None:
         if self.handle:

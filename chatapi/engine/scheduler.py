@@ -134,6 +134,8 @@ class Scheduler:
             group = self.waiting.popleft()
             leader = group.leader
             slot, reuse = self._best_slot(leader.prompt_tokens)
+            if leader.params.prompt_logprobs is not None:  # each prompt token must be scored
+                reuse = 0
             self._take(leader, slot, reuse)
             for fork in group.forks:
                 self._take(fork, self.free_slots[0], 0)

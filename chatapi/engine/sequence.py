@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chatapi.engine.detokenizer import IncrementalDetokenizer
-from chatapi.engine.sampling import SamplingParams
+from chatapi.engine.sampling import SamplingParams, TokenLogprob
 
 _ids = itertools.count()
 
@@ -33,6 +33,8 @@ class SeqOutput:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None  # of this step's tokens, when asked for
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # first output only, when asked
 
 
 @dataclass(eq=False)
@@ -48,6 +50,7 @@ class Sequence:
     num_cached: int = 0  # of those, tokens reused from the prefix cache
     output_tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # params.prompt_logprobs set
     arrival: float = field(default_factory=time.monotonic)
     detokenizer: IncrementalDetokenizer = field(init=False)
 

@@ -1,7 +1,7 @@
 // The Playground: conversation state, sending and streaming, and the page's controls.
 
 import { APIError, listModels, streamChat } from "./api.js";
-import { curlSnippet, pythonSnippet } from "./codegen.js";
+import { wireCodeView } from "./codeview.js";
 import { ParamError, readParams, restoreParams, saveParams, wireParams } from "./params.js";
 import { fillBody, renderMessages } from "./view.js";
 
@@ -82,7 +82,8 @@ async function generate() {
   setStatus("Generating…");
   render();
 
-  const body = () => document.querySelector(`#messages li[data-index="${state.messages.indexOf(reply)}"]`);
+  const body = () =>
+    document.querySelector(`#messages li[data-index="${state.messages.indexOf(reply)}"]`);
   let frame = 0;
   const redraw = () => {
     frame = 0;
@@ -115,8 +116,12 @@ async function generate() {
     });
     reply.content = result.content;
     if (result.toolCalls.length) reply.tool_calls = result.toolCalls;
-    reply.meta = { ...result, finishReason: result.aborted ? "stopped" : result.finishReason };
-    setStatus(result.aborted ? "Stopped." : "Reply finished.");
+    const { usage, ttftMs, elapsedMs, aborted } = result;
+    reply.meta = { usage, ttftMs, elapsedMs, finishReason: aborted ? "stopped" : result.finishReason };
+    if (aborted && !reply.content && !reply.tool_calls) {
+      state.messages.splice(state.messages.indexOf(reply), 1); // stopped before any token
+    }
+    setStatus(aborted ? "Stopped." : "Reply finished.");
   } catch (err) {
     showError(err);
     setStatus("The request failed.");
@@ -306,51 +311,6 @@ async function loadModels() {
   if (ids.includes(wanted)) select.value = wanted;
 }
 
-// ---------------------------------------------------------------- view code
-
-let codeTab = "python";
-
-function codeText() {
-  const request = buildRequest({ withDraft: true });
-  const base = `${location.origin}/v1`;
-  return codeTab === "python" ? pythonSnippet(request, base) : curlSnippet(request, base);
-}
-
-function showCode() {
-  let text;
-  try {
-    text = codeText();
-  } catch (err) {
-    text = `# ${err.message}`;
-  }
-  $("code-text").textContent = text;
-  for (const tab of ["python", "curl"]) {
-    const button = $(`tab-${tab}`);
-    button.setAttribute("aria-selected", String(tab === codeTab));
-    button.tabIndex = tab === codeTab ? 0 : -1;
-  }
-  $("code-panel").setAttribute("aria-labelledby", `tab-${codeTab}`);
-}
-
-async function copyCode() {
-  const text = $("code-text").textContent;
-  const button = $("copy-code");
-  try {
-    await navigator.clipboard.writeText(text);
-  } catch {
-    // no clipboard API (plain http on another host): copy through a selection
-    const area = Object.assign(document.createElement("textarea"), { value: text });
-    document.body.append(area);
-    area.select();
-    document.execCommand("copy");
-    area.remove();
-  }
-  button.textContent = "Copied";
-  setTimeout(() => {
-    button.textContent = "Copy";
-  }, 1500);
-}
-
 // ---------------------------------------------------------------- wiring
 
 function wire() {
@@ -379,6 +339,7 @@ function wire() {
   } catch {
     // storage disabled: the key lives for this visit only
   }
+  $("key-form").addEventListener("submit", (e) => e.preventDefault()); // Enter fires "change"
   key.addEventListener("change", () => {
     try {
       localStorage.setItem(KEY_STORAGE, key.value.trim());
@@ -396,30 +357,7 @@ function wire() {
     if (open) $("model").focus();
   });
 
-  const dialog = $("code-dialog");
-  $("view-code").addEventListener("click", () => {
-    showCode();
-    dialog.showModal();
-    $(`tab-${codeTab}`).focus();
-  });
-  $("close-code").addEventListener("click", () => dialog.close());
-  dialog.addEventListener("click", (e) => {
-    if (e.target === dialog) dialog.close(); // a click on the backdrop
-  });
-  for (const tab of ["python", "curl"]) {
-    $(`tab-${tab}`).addEventListener("click", () => {
-      codeTab = tab;
-      showCode();
-    });
-    $(`tab-${tab}`).addEventListener("keydown", (e) => {
-      if (e.key === "ArrowLeft" || e.key === "ArrowRight") {
-        codeTab = codeTab === "python" ? "curl" : "python";
-        showCode();
-        $(`tab-${codeTab}`).focus();
-      }
-    });
-  }
-  $("copy-code").addEventListener("click", copyCode);
+  wireCodeView(() => buildRequest({ withDraft: true }));
 
   state.savedModel = restoreParams();
   wireParams(saveParams);

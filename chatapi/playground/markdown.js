@@ -104,7 +104,9 @@ export function renderMarkdown(source) {
       continue;
     }
     const item = line.match(LIST_ITEM);
-    if (item && (items.length || paragraph.length === 0)) {
+    // like CommonMark, a list may interrupt a paragraph if it is bulleted or starts at 1
+    if (item && (items.length || paragraph.length === 0 || /^([-*+]|1[.)])$/.test(item[2]))) {
+      flushParagraph();
       const ordered = /\d/.test(item[2]);
       if (items.length && items[0].ordered !== ordered && item[1].length === 0) flushList();
       items.push({ ordered, text: item[3] });

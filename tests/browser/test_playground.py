@@ -104,7 +104,7 @@ def test_parameters_reach_the_request_and_view_code(playground: Playground) -> N
 
     playground.page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     playground.page.click("#copy-code")
-    assert playground.page.locator("#copy-code").inner_text() == "Copied"
+    playground.page.wait_for_selector("#copy-code:has-text('Copied')")  # the copy is async
     assert playground.page.evaluate("navigator.clipboard.readText()") == curl.rstrip("\n") + "\n"
     playground.page.keyboard.press("Escape")
     assert not playground.page.locator("#code-dialog").is_visible()
@@ -124,21 +124,24 @@ def test_tool_definition_leads_to_a_tool_call_card(playground: Playground) -> No
         pytest.skip("server has no tool support yet")
     playground.wait_done()
 
-    card = page.locator("#messages .tool-call").first
-    card.wait_for()
-    assert card.locator(".tool-name").inner_text() == "get_weather"
-    arguments = json.loads(card.locator(".tool-args").inner_text())
+    cards = page.locator("#messages .tool-call")
+    cards.first.wait_for()
+    assert cards.first.locator(".tool-name").inner_text() == "get_weather"
+    arguments = json.loads(cards.first.locator(".tool-args").inner_text())
     assert isinstance(arguments, dict)
     assert "finish_reason tool_calls" in playground.meta("finish_reason")
 
-    card.locator("textarea").fill('{"temperature": 21, "unit": "celsius"}')
     page.select_option("#tool_choice", "none")
-    card.get_by_role("button", name="Send result").click()
+    result = '{"temperature": 21, "unit": "celsius"}'
+    for _ in range(cards.count()):  # answering the last open call sends the conversation on
+        card = page.locator("#messages .tool-call:has(textarea)").first
+        card.locator("textarea").fill(result)
+        card.get_by_role("button", name="Send result").click()
     playground.wait_done()
     follow_up = playground.chat_requests[-1]["messages"]
-    call = follow_up[-2]["tool_calls"][0]
-    assert follow_up[-1] == {"role": "tool", "tool_call_id": call["id"],
-                             "content": '{"temperature": 21, "unit": "celsius"}'}
+    calls = next(m for m in follow_up if m.get("tool_calls"))["tool_calls"]
+    answers = [m for m in follow_up if m["role"] == "tool"]
+    assert answers == [{"role": "tool", "tool_call_id": c["id"], "content": result} for c in calls]
     assert playground.replies.count() == 2
 
 
@@ -246,7 +249,8 @@ def test_markdown_renderer_formats(playground: Playground) -> None:
              "```python\nif a < b:\n    print('**no**')\n```",
              "1. one\n2. two\n\n- a\n- b",
              "# Title\ntext\nmore",
-             "```js\nunfinished <b>"]
+             "```js\nunfinished <b>",
+             "Steps:\n1. mix\n2. bake\nIn 2024. it worked"]
     out = [r["html"] for r in playground.page.evaluate(RENDER_CHECK, cases)]
     assert out[0] == "<p><strong>bold</strong> and <em>it</em> and <code>x &lt; y</code></p>"
     assert out[1] == ('<pre><code class="language-python">if a &lt; b:\n'
@@ -254,6 +258,7 @@ def test_markdown_renderer_formats(playground: Playground) -> None:
     assert out[2] == "<ol><li>one</li><li>two</li></ol><ul><li>a</li><li>b</li></ul>"
     assert out[3] == "<h1>Title</h1><p>text<br>more</p>"
     assert out[4] == "<pre><code class=\"language-js\">unfinished &lt;b&gt;</code></pre>"
+    assert out[5] == "<p>Steps:</p><ol><li>mix</li><li>bake</li></ol><p>In 2024. it worked</p>"
 
 
 def test_edit_delete_regenerate_and_clear(playground: Playground) -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .helpers import REQUEST_TIMEOUT_S, running_server, wait_idle
+from .helpers import CTX_SIZE, REQUEST_TIMEOUT_S, running_server, thread_args, wait_idle
 
 HERE = Path(__file__).resolve().parent
-CTX_SIZE = 2048
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Everything in this directory needs the real default model.
     for item in items:
@@ -25,7 +25,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of one `chatapi serve --parallel 8 --ctx-size 2048` subprocess."""
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with running_server(log, "--parallel", "8", "--ctx-size", str(CTX_SIZE)) as url:
+    args = ["--parallel", "8", "--ctx-size", str(CTX_SIZE), *thread_args()]
+    with running_server(log, *args) as url:
         yield url
 
 

@@ -26,6 +26,17 @@ from tests.openapi import validate
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 180.0
+CTX_SIZE = 2048
+
+
+def thread_args() -> list[str]:
+    """`--threads 1` unless $CHATAPI_THREADS says otherwise.
+
+    llama.cpp's worker threads spin while they wait for each other: on 2 cores shared with
+    other work, 2 threads took 26-47 s for a 32-token answer that 1 thread gave in 5 s.
+    """
+    return [] if os.environ.get("CHATAPI_THREADS") else ["--threads", "1"]
+
 
 SEED_MESSAGES: list[dict[str, str]] = [
     {"role": "system", "content": "You are a helpful assistant."},

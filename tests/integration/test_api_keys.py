@@ -9,7 +9,9 @@ import openai
 import pytest
 from openai import OpenAI
 
-from .helpers import assert_error, running_server
+from tests.openapi import validate
+
+from .helpers import assert_error, running_server, thread_args
 
 KEY = "sk-test-123"
 CHAT = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "Say hi."}],
@@ -19,7 +21,8 @@ CHAT = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "Say 
 @pytest.fixture(scope="module")
 def keyed_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("keyed-server") / "server.log"
-    with running_server(log, "--api-key", KEY, "--parallel", "1", "--ctx-size", "512") as url:
+    args = ["--api-key", KEY, "--parallel", "1", "--ctx-size", "512", *thread_args()]
+    with running_server(log, *args) as url:
         yield url
 
 
@@ -38,6 +41,7 @@ def test_missing_or_wrong_key_is_a_401(keyed_url: str, headers: dict[str, str], 
 def test_right_key_works_through_the_openai_client(keyed_url: str) -> None:
     client = OpenAI(base_url=f"{keyed_url}/v1", api_key=KEY, max_retries=0)
     reply = client.chat.completions.create(**CHAT)
+    validate("CreateChatCompletionResponse", reply.model_dump(mode="json", exclude_unset=True))
     assert reply.choices[0].message.content
     assert "gpt-3.5-turbo" in [m.id for m in client.models.list()]
 

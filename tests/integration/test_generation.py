@@ -4,6 +4,7 @@ and UTF-8."""
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,8 +17,10 @@ from .helpers import (
     chat,
     chunk_finish,
     chunk_text,
+    health,
     stream_chat,
     text_of,
+    wait_idle,
 )
 
 MODEL = "gpt-3.5-turbo"
@@ -31,6 +34,7 @@ SAMPLED = dict(model=MODEL, max_tokens=12, temperature=1,
 def greedy(base_url: str) -> dict[str, Any]:
     """The greedy answer to GREEDY, generated alone on an idle server."""
     with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as http:
+        wait_idle(http, timeout=30)
         body = chat(http, **GREEDY)
     assert body["choices"][0]["finish_reason"] == "length", "the story should run past 24 tokens"
     assert body["usage"]["completion_tokens"] == 24
@@ -49,7 +53,13 @@ def test_stream_gives_the_same_text_as_non_stream(client: httpx.Client,
 def test_concurrent_identical_greedy_requests_match_the_lone_one(
         client: httpx.Client, greedy: dict[str, Any]) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
-        bodies = list(pool.map(lambda _: chat(client, **GREEDY), range(8)))
+        futures = [pool.submit(chat, client, **GREEDY) for _ in range(8)]
+        most_running = 0
+        while not all(f.done() for f in futures):
+            most_running = max(most_running, health(client)["running"])
+            time.sleep(0.05)
+        bodies = [f.result() for f in futures]
+    assert most_running >= 2, "the requests never ran together"
     texts = [text_of(body) for body in bodies]
     assert len(set(texts)) == 1, texts
     assert texts[0] == text_of(greedy)
@@ -60,7 +70,8 @@ def test_concurrent_identical_greedy_requests_match_the_lone_one(
 @pytest.mark.parametrize("limit", ["max_tokens", "max_completion_tokens"])
 def test_token_limit_ends_with_length(client: httpx.Client, greedy: dict[str, Any],
                                       limit: str) -> None:
-    body = chat(client, **{**GREEDY, "max_tokens": None, limit: 5})
+    request = {key: value for key, value in GREEDY.items() if key != "max_tokens"}
+    body = chat(client, **request, **{limit: 5})
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] == 5
     text = text_of(body)
@@ -122,8 +133,8 @@ def test_n_sampled_choices_stream_with_their_indexes(client: httpx.Client) -> No
 def test_seed_makes_sampling_repeatable(client: httpx.Client) -> None:
     first, again = (text_of(chat(client, **SAMPLED, seed=1234)) for _ in range(2))
     assert first == again
-    others = [text_of(chat(client, **SAMPLED, seed=seed)) for seed in (1, 2, 3)]
-    assert len({first, *others}) > 1, f"four seeds gave one text: {first!r}"
+    others = [text_of(chat(client, **SAMPLED, seed=seed)) for seed in (1, 2)]
+    assert len({first, *others}) > 1, f"three seeds gave one text: {first!r}"
 
 
 def test_chinese_streams_whole_characters(client: httpx.Client) -> None:

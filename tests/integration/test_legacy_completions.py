@@ -5,7 +5,9 @@ from __future__ import annotations
 import httpx
 from openai import OpenAI
 
-from .helpers import complete, stream_complete
+from tests.openapi import validate
+
+from .helpers import complete, stream_complete, validate_completion_chunk
 
 MODEL = "gpt-3.5-turbo"
 # A prompt the model keeps continuing: it does not stop within 16 tokens.
@@ -67,10 +69,14 @@ def test_stream_matches_non_stream(client: httpx.Client) -> None:
 def test_openai_client_completions(base_url: str) -> None:
     client = OpenAI(base_url=f"{base_url}/v1", api_key="sk-none", max_retries=0)
     reply = client.completions.create(model=MODEL, prompt=COUNTING, max_tokens=6, temperature=0)
+    validate("CreateCompletionResponse", reply.model_dump(mode="json", exclude_unset=True))
     assert reply.object == "text_completion"
     assert reply.choices[0].text.strip() and reply.choices[0].finish_reason == "length"
     assert reply.usage is not None and reply.usage.completion_tokens == 6
 
     stream = client.completions.create(model=MODEL, prompt=COUNTING, max_tokens=6,
                                        temperature=0, stream=True)
-    assert "".join(chunk.choices[0].text for chunk in stream) == reply.choices[0].text
+    chunks = [chunk.model_dump(mode="json", exclude_unset=True) for chunk in stream]
+    for chunk in chunks:
+        validate_completion_chunk(chunk)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == reply.choices[0].text

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from chatapi.api.auth import admit
 from chatapi.api.disconnect import json_unless_disconnected
 from chatapi.api.protocol import CompletionRequest, parse_request
 from chatapi.api.serving_completions import TextCompletion, prepare_completion
@@ -19,6 +20,8 @@ async def create_completion(request: Request) -> Response:
     req = parse_request(CompletionRequest, await request.body())
     token_lists, texts, max_tokens = await prepare_completion(state, req)
     n = req.n or 1
+    await admit(request, req.model,  # key: model, limits
+                sum(map(len, token_lists)) + len(token_lists) * n * max_tokens)
     params = state.sampling_params(req, max_tokens, n)
     streams = []
     try:
