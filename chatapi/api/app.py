@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from chatapi import __version__
 from chatapi.api.auth import AuthMiddleware
 from chatapi.api.errors import HANDLED_ERRORS, APIError, error_body, error_response
+from chatapi.api.metrics import Metrics, MetricsMiddleware, metrics_endpoint, step_timer
 from chatapi.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from chatapi.api.routes import admin, chat, completions, models, usage
 from chatapi.api.state import ServerState
@@ -60,6 +61,7 @@ def build_state(settings: Settings) -> ServerState:
 
 def create_app(settings: Settings, state: ServerState | None = None) -> FastAPI:
     store = Store(resolve_url(settings.database_url, settings.home))
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -67,7 +69,9 @@ def create_app(settings: Settings, state: ServerState | None = None) -> FastAPI:
         app.state.store = store
         try:
             server = state or build_state(settings)
-            server.usage_sink = store.sink(forward=server.usage_sink)
+            server.usage_sink = metrics.usage_sink(store.sink(forward=server.usage_sink))
+            metrics.watch_engine(server.engine)
+            server.engine.on_step = step_timer(metrics)
             server.engine.start()
             app.state.chatapi = server
             try:
@@ -82,6 +86,8 @@ def create_app(settings: Settings, state: ServerState | None = None) -> FastAPI:
     for router in (chat.router, completions.router, models.router, admin.router, usage.router):
         app.include_router(router)
     _install_error_handlers(app)
+    app.state.metrics = metrics
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
 
     if PLAYGROUND_DIR.is_dir():
         app.mount("/playground", StaticFiles(directory=PLAYGROUND_DIR, html=True),
@@ -91,11 +97,12 @@ def create_app(settings: Settings, state: ServerState | None = None) -> FastAPI:
     async def root() -> RedirectResponse:
         return RedirectResponse("/playground/")
 
-    # Outermost first: ids on every response, then auth, then the body limit.
+    # Each add wraps the previous: body limit innermost, then auth, ids, metrics outermost.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, store=store, api_keys=settings.api_keys,
                        admin_keys=settings.admin_keys, require_key=settings.require_key)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
 

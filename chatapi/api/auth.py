@@ -20,7 +20,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from chatapi.api.errors import APIError
 from chatapi.api.middleware import ASGIApp, Message, Receive, Scope, Send, is_open_path, send_error
 from chatapi.store import ApiKey, Store, Verdict
-from chatapi.store.ratelimit import Budget
 
 log = logging.getLogger("chatapi.auth")
 ADMIN_KEY_ID = "admin"
@@ -82,13 +81,16 @@ class AuthMiddleware:
             self._keys_checked = time.monotonic()
         return self._keys_exist
 
-    async def identify(self, token: str | None) -> Caller | None:
+    async def identify(self, token: str | None, *, stored: bool = True) -> Caller | None:
+        """The caller a bearer token stands for; stored keys are looked up if `stored`."""
         if not token:
             return None
         if _matches(token, self.admin_keys):
             return Caller(ADMIN_KEY_ID, admin=True)
         if _matches(token, self.static_keys):
             return Caller(None)
+        if not stored:
+            return None
         key = await self.store.keys.find(token)
         if key is None or key.status() != "active":
             return None
@@ -98,8 +100,9 @@ class AuthMiddleware:
         if scope["type"] != "http" or is_open_path(scope["path"]):
             return await self.app(scope, receive, send)
         try:
-            caller = await self.identify(_bearer(scope))
             required = is_admin_path(scope["path"]) or await self.keys_required()
+            # An open server has no stored keys to find: no lookup for "sk-anything".
+            caller = await self.identify(_bearer(scope), stored=required)
         except (SQLAlchemyError, OSError):
             log.exception("key lookup failed")
             return await send_error(send, APIError(
@@ -146,7 +149,7 @@ def _duration(seconds: float) -> str:
 def ratelimit_headers(verdict: Verdict) -> dict[str, str]:
     headers = {}
     for kind, budget in (("requests", verdict.requests), ("tokens", verdict.tokens)):
-        if isinstance(budget, Budget):
+        if budget is not None:
             headers[f"x-ratelimit-limit-{kind}"] = str(budget.limit)
             headers[f"x-ratelimit-remaining-{kind}"] = str(budget.remaining)
             headers[f"x-ratelimit-reset-{kind}"] = _duration(budget.reset_s)

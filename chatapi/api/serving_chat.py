@@ -145,11 +145,7 @@ def _grammar(req: ChatCompletionRequest, tools: ToolPlan | None) -> str | None:
         try:
             return call_grammar(tools.fmt, functions, parallel=parallel)
         except SchemaError as exc:
-            index = [f.name for f in (req.tools or req.functions or [])]
-            where = index.index(functions[0].name) if len(functions) == 1 else 0
-            param = (f"functions[{where}].parameters" if tools.legacy
-                     else f"tools[{where}].function.parameters")
-            raise invalid_request(f"Invalid value for '{param}': {exc}", param=param) from None
+            raise _parameters_error(req, functions, exc) from None
     fmt = req.response_format
     if fmt is None or fmt.type == "text":
         return None
@@ -160,6 +156,25 @@ def _grammar(req: ChatCompletionRequest, tools: ToolPlan | None) -> str | None:
     except SchemaError as exc:
         raise invalid_request(f"Invalid value for 'response_format.json_schema.schema': {exc}",
                               param="response_format.json_schema.schema") from None
+
+
+def _parameters_error(req: ChatCompletionRequest, functions: list[FunctionSpec],
+                      exc: SchemaError) -> APIError:
+    """A 400 naming the function whose parameters schema cannot be enforced."""
+    listed = [t.function for t in req.tools] if req.tools else list(req.functions or [])
+    names = {f.name for f in functions}
+    position = 0
+    for i, definition in enumerate(listed):
+        if definition.name not in names:
+            continue
+        try:
+            schema_grammar(definition.parameters or {"type": "object"})
+        except SchemaError as culprit:
+            position, exc = i, culprit
+            break
+    param = (f"functions[{position}].parameters" if req.functions
+             else f"tools[{position}].function.parameters")
+    return invalid_request(f"Invalid value for '{param}': {exc}", param=param)
 
 
 def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:

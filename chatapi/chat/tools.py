@@ -230,12 +230,12 @@ def _call_grammar(key: str) -> str:
 
 class _Mode(enum.Enum):
     TEXT = 0  # ordinary content, watching for a call marker
-    LEAD = 1  # nothing but whitespace yet (llama3/mistral calls start the reply)
+    LEAD = 1  # nothing but whitespace yet: a bare call may open the reply
     HEAD = 2  # after a hermes <tool_call>: reading `{"name": "…", "arguments":`
     ARGS = 3  # streaming the arguments value
     TAIL = 4  # after the arguments: skipping to </tool_call>
     BLOCK = 5  # a hermes call that did not stream: buffered until </tool_call>
-    REST = 6  # llama3/mistral: the rest of the reply is calls, buffered to the end
+    REST = 6  # the rest of the reply is calls, buffered to the end
 
 
 @dataclass
@@ -254,8 +254,7 @@ class ToolCallParser:
     _window: str = ""
 
     def __post_init__(self) -> None:
-        if self.fmt is not ToolFormat.HERMES:
-            self._mode = _Mode.LEAD
+        self._mode = _Mode.LEAD
 
     @property
     def _open(self) -> str | None:
@@ -331,7 +330,8 @@ class ToolCallParser:
         return False  # BLOCK and REST collect in feed()
 
     def _lead(self, events: list[Event]) -> bool:
-        """llama3/mistral: a reply that opens with a call is all calls; wait for its start."""
+        """A reply that opens with a bare call (llama3's only form; mistral's when the marker
+        token is not shown; small hermes models that forget the tags) is all calls."""
         stripped = self._buf.lstrip(_WS)
         if not stripped:
             if len(self._buf) > HELD_WS_LIMIT:
@@ -340,7 +340,7 @@ class ToolCallParser:
         opener = self._open
         if opener and opener.startswith(stripped) and len(stripped) < len(opener):
             return False  # may still become the marker
-        starts_call = stripped[0] == ("{" if self.fmt is ToolFormat.LLAMA3 else "[")
+        starts_call = stripped[0] == ("[" if self.fmt is ToolFormat.MISTRAL else "{")
         self._enter(_Mode.REST if starts_call and self.names else _Mode.TEXT)
         return self._mode is _Mode.TEXT
 
@@ -430,7 +430,7 @@ class ToolCallParser:
             self._content(events, "<tool_call>" + body + ("</tool_call>" if closed else ""))
 
     def _rest(self, events: list[Event], text: str) -> None:
-        """llama3/mistral: the rest of the reply is calls; if any fails, all of it is content."""
+        """The rest of the reply is calls; if any fails, all of it is content."""
         body = text.lstrip(_WS)
         if self.fmt is ToolFormat.MISTRAL:
             body = body.removeprefix("[TOOL_CALLS]")

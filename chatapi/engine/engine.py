@@ -42,6 +42,7 @@ class AsyncEngine:
         self.error: BaseException | None = None
         self.in_flight = 0  # sequences accepted and not yet finished (event-loop side)
         self.steps = 0
+        self.on_step: Callable[[int, int], None] | None = None  # (rows decoded, running)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -102,6 +103,8 @@ class AsyncEngine:
                 if step is not None:
                     self._execute(step)
                     self.steps += 1
+                    if self.on_step is not None:
+                        self.on_step(len(step.decode), len(self.scheduler.running))
         except BaseException as exc:  # the thread must report its death, never vanish
             log.exception("engine thread died")
             self.error = exc

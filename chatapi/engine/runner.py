@@ -171,7 +171,7 @@ class Runner:
             raise RunnerError(f"llama_decode failed with status {status}")
 
     def sample(self, sampler: Sampler, row_index: int) -> int:
-        return lc.llama_sampler_sample(sampler.handle, self.ctx, row_index)
+        return sampler.sample(self.ctx, row_index)
 
     # --- KV cache -----------------------------------------------------------------------------
 
@@ -225,17 +225,23 @@ class SamplerError(ValueError):
     sequence fails."""
 
 
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
 class Sampler:
     """A llama.cpp sampler chain for one sequence; temperature 0 means greedy.
 
-    Order: logit bias, penalties, grammar, then greedy, or top-k, top-p, min-p, temperature
-    and a seeded draw. The grammar comes before any truncation so that it can never be left
-    with no allowed token.
+    Order: logit bias, penalties, then greedy, or top-k, top-p, min-p, temperature and a
+    seeded draw. A grammar is checked apart from the chain, as llama.cpp's own server does:
+    the token the chain picks is kept when the grammar allows it (one token to check instead of
+    the whole vocabulary); otherwise the grammar masks the vocabulary and the chain picks again.
+    Kept or re-picked, the token is distributed as if the grammar had masked first (greedy:
+    the very same token).
     """
 
     def __init__(self, runner: Runner, params: SamplingParams) -> None:
-        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-        self.handle = chain
+        self.handle = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        self.grammar = None
         if params.logit_bias:
             items = list(params.logit_bias.items())
             arr = (lc.llama_logit_bias * len(items))()
@@ -247,30 +253,71 @@ class Sampler:
             self._add(lc.llama_sampler_init_penalties(
                 runner.config.ctx_size, params.repetition_penalty, params.frequency_penalty,
                 params.presence_penalty))
-        if params.grammar is not None:
-            grammar = lc.llama_sampler_init_grammar(runner.vocab, params.grammar.encode(),
-                                                    b"root")
-            if not grammar:
-                self.free()
-                raise SamplerError("llama.cpp could not parse the generated grammar")
-            self._add(grammar)
         if params.greedy:
             self._add(lc.llama_sampler_init_greedy())
-            return
-        seed = params.seed if params.seed is not None else random.getrandbits(32)
-        if params.top_k > 0:
-            self._add(lc.llama_sampler_init_top_k(params.top_k))
-        if params.top_p < 1.0:
-            self._add(lc.llama_sampler_init_top_p(params.top_p, 1))
-        if params.min_p > 0.0:
-            self._add(lc.llama_sampler_init_min_p(params.min_p, 1))
-        self._add(lc.llama_sampler_init_temp(params.temperature))
-        self._add(lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        else:
+            seed = params.seed if params.seed is not None else random.getrandbits(32)
+            if params.top_k > 0:
+                self._add(lc.llama_sampler_init_top_k(params.top_k))
+            if params.top_p < 1.0:
+                self._add(lc.llama_sampler_init_top_p(params.top_p, 1))
+            if params.min_p > 0.0:
+                self._add(lc.llama_sampler_init_min_p(params.min_p, 1))
+            self._add(lc.llama_sampler_init_temp(params.temperature))
+            self._add(lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        if params.grammar is not None:
+            self.grammar = lc.llama_sampler_init_grammar(runner.vocab, params.grammar.encode(),
+                                                         b"root")
+            if not self.grammar:
+                self.free()
+                raise SamplerError("llama.cpp could not parse the generated grammar")
+            self.n_vocab = runner.n_vocab
+            self._ids = np.arange(runner.n_vocab, dtype=np.int32)
+            self._cur = np.zeros(runner.n_vocab, dtype=_TOKEN_DATA)
+            self._one = (lc.llama_token_data * 1)()
 
     def _add(self, sampler: object) -> None:
         lc.llama_sampler_chain_add(self.handle, sampler)
+
+    def sample(self, ctx: object, row_index: int) -> int:
+        if self.grammar is None:
+            return lc.llama_sampler_sample(self.handle, ctx, row_index)
+        ptr = lc.llama_get_logits_ith(ctx, row_index)
+        if not ptr:
+            raise RunnerError(f"no logits for batch row {row_index}")
+        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        token = self._pick(logits, masked=False)
+        if not self._allows(token):
+            token = self._pick(logits, masked=True)
+        lc.llama_sampler_accept(self.grammar, token)
+        lc.llama_sampler_accept(self.handle, token)
+        return token
+
+    def _pick(self, logits: np.ndarray, masked: bool) -> int:
+        cur = self._cur
+        cur["id"] = self._ids
+        cur["logit"] = logits
+        cur["p"] = 0.0
+        arr = lc.llama_token_data_array(cur.ctypes.data_as(lc.llama_token_data_p),
+                                        self.n_vocab, -1, False)
+        if masked:
+            lc.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        lc.llama_sampler_apply(self.handle, ctypes.byref(arr))
+        if not 0 <= arr.selected < arr.size:
+            raise RunnerError("the sampler chain selected no token")
+        return int(arr.data[arr.selected].id)
+
+    def _allows(self, token: int) -> bool:
+        one = self._one
+        one[0].id, one[0].logit, one[0].p = token, 0.0, 0.0
+        arr = lc.llama_token_data_array(one, 1, -1, False)
+        lc.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        return one[0].logit != float("-inf")
 
     def free(self) -> None:
         if self.handle:
             lc.llama_sampler_free(self.handle)
             self.handle = None
+        if self.grammar:
+            lc.llama_sampler_free(self.grammar)
+            self.grammar = None

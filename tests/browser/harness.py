@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,6 +60,8 @@ def running_server(log_path: Path, *extra_args: str) -> Iterator[str]:
     cmd = [sys.executable, "-m", "chatapi", "serve", "--host", "127.0.0.1", "--port", str(port),
            *extra_args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("CHATAPI_DATABASE_URL",
+                   f"sqlite:///{tempfile.mkdtemp(prefix='chatapi-browser-')}/ledger.db")
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)

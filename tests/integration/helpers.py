@@ -63,6 +63,9 @@ def running_server(log_path: Path, *extra_args: str) -> Iterator[str]:
            *extra_args]
     # The user's model cache (and $CHATAPI_HOME if set) is used as is: assembling costs time.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # A ledger of its own: keys a developer created in the default database must not
+    # turn these servers into keyed ones.
+    env.setdefault("CHATAPI_DATABASE_URL", f"sqlite:///{log_path.with_suffix('.db')}")
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)

@@ -41,7 +41,7 @@ def pg_user() -> str:
         try:
             asyncio.run(_pg_execute(user, "SELECT 1"))
             return user
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             problems.append(f"{user}: {exc}")
     pytest.skip(f"no PostgreSQL answers at {PG_HOST}:{PG_PORT} database {PG_ADMIN_DB!r} "
                 f"({'; '.join(problems)})")

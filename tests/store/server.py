@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from chatapi.store import Store
 from chatapi.store.schema import usage_ledger
@@ -61,8 +65,10 @@ def free_port() -> int:
 def chatapi_server(log: Path, database_url: str, *args: str) -> Iterator[Server]:
     """`chatapi serve` on the default model with small limits, stopped with SIGTERM at the end."""
     port = free_port()
+    # One thread: the test machine is small and shared; llama.cpp threads spin when it is busy.
     cmd = [sys.executable, "-m", "chatapi", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--database-url", database_url, "--parallel", "8", "--ctx-size", "1024", *args]
+           "--database-url", database_url, "--parallel", "8", "--ctx-size", "1024",
+           "--threads", "1", *args]
     env = {k: v for k, v in os.environ.items() if k not in _CLEARED_ENV}
     env["PYTHONUNBUFFERED"] = "1"
     with log.open("ab") as out:
@@ -117,3 +123,48 @@ def create_key(database_url: str, name: str, **options: Any) -> tuple[str, str]:
         return secret, key.prefix
 
     return asyncio.run(create())
+
+
+async def admit_then_send(stream_to: list[str], then_to: list[str], secret: str, body: dict
+                          ) -> tuple[list[httpx.Headers], list[httpx.Response], float]:
+    """Start one streamed request per URL in `stream_to`; once all are admitted (their headers
+    came), send one plain request per URL in `then_to`. Returns the streams' headers, the
+    plain responses, and the seconds from the first request to the last answer."""
+    auth = {"Authorization": f"Bearer {secret}"}
+    streamed = {**body, "max_tokens": 1, "stream": True}
+    async with httpx.AsyncClient(timeout=120) as client, contextlib.AsyncExitStack() as streams:
+        started = time.monotonic()
+        responses = await asyncio.gather(*(
+            streams.enter_async_context(client.stream(
+                "POST", f"{url}/v1/chat/completions", json=streamed, headers=auth))
+            for url in stream_to))
+        later = [await client.post(f"{url}/v1/chat/completions", json=body, headers=auth)
+                 for url in then_to]
+        elapsed = time.monotonic() - started
+        for response in responses:
+            assert response.status_code == 200, await response.aread()
+            await response.aread()
+    return [r.headers for r in responses], later, elapsed
+
+
+@contextlib.asynccontextmanager
+async def ledger_writes_held(database_url: str) -> AsyncIterator[None]:
+    """While inside, the server's inserts into the usage ledger wait (reads go on)."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        conn = sqlite3.connect(url.database, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")  # the write lock: other writers wait (busy timeout)
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        return
+    pg = await asyncpg.connect(host=url.host, port=url.port, user=url.username,
+                               database=url.database)
+    try:
+        async with pg.transaction():
+            await pg.execute("LOCK TABLE usage_ledger IN EXCLUSIVE MODE")
+            yield
+    finally:
+        await pg.close()
