@@ -7,17 +7,19 @@ import hashlib
 import secrets
 import string
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chatapi import __version__
 from chatapi.api.errors import context_length_exceeded, invalid_request
 from chatapi.api.protocol import SamplingFields
 from chatapi.api.usage import UsageRecord, UsageSink, UsageTracker, log_sink
 from chatapi.chat.template import ChatTemplate
+from chatapi.chat.truncation import SummaryCache
 from chatapi.config import Settings
 from chatapi.engine.engine import AsyncEngine
 from chatapi.engine.sampling import SamplingParams
 from chatapi.models.registry import ModelRegistry
+from chatapi.moderation import Policy
 
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -34,6 +36,8 @@ class ServerState:
     template: ChatTemplate
     model_path: str
     usage_sink: UsageSink = log_sink
+    moderation: Policy | None = None  # the content policy; None = off
+    summaries: SummaryCache = field(default_factory=SummaryCache)  # truncation="summarize"
 
     def track(self, request_state: dict, endpoint: str, model: str) -> UsageTracker:
         record = UsageRecord(request_id=request_state.get("request_id", ""), endpoint=endpoint,
@@ -47,6 +51,11 @@ class ServerState:
 
     async def tokenize(self, text: str, *, special: bool) -> list[int]:
         runner = self.engine.runner
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON allows lone surrogates; UTF-8 does not
+            raise invalid_request(f"The prompt contains invalid Unicode: {exc.reason} at "
+                                  f"character {exc.start}.") from None
         # llama_tokenize releases the GIL: long prompts must not block the event loop.
         tokens = await asyncio.to_thread(runner.tokenize, text, add_special=False,
                                          parse_special=special)

@@ -32,7 +32,9 @@ class RunnerConfig:
     batch_size: int
     threads: int = 0
     flash_attn: bool = False  # on: greedy text varies with batch mates (measured)
-    kv_unified: bool = True  # one KV pool for all slots
+    # One KV stream per slot: a sequence's cells do not move with what other slots hold, so its
+    # numbers (and greedy or seeded text) do not depend on them. Unified saves memory.
+    kv_unified: bool = False
 
 
 @dataclass(frozen=True)
@@ -251,8 +253,8 @@ class Sampler:
             self._add(lc.llama_sampler_init_logit_bias(runner.n_vocab, len(items), arr))
         if params.penalized:
             self._add(lc.llama_sampler_init_penalties(
-                runner.config.ctx_size, params.repetition_penalty, params.frequency_penalty,
-                params.presence_penalty))
+                runner.n_vocab, runner.config.ctx_size, params.repetition_penalty,
+                params.frequency_penalty, params.presence_penalty))
         if params.greedy:
             self._add(lc.llama_sampler_init_greedy())
         else:
@@ -303,9 +305,11 @@ class Sampler:
         if masked:
             lc.llama_sampler_apply(self.grammar, ctypes.byref(arr))
         lc.llama_sampler_apply(self.handle, ctypes.byref(arr))
-        if not 0 <= arr.selected < arr.size:
-            raise RunnerError("the sampler chain selected no token")
-        return int(arr.data[arr.selected].id)
+        chosen = arr.data[arr.selected] if 0 <= arr.selected < arr.size else None
+        if chosen is None or (masked and chosen.logit == float("-inf")):
+            # accepting a token the grammar forbids would abort the whole process
+            raise SamplerError("the grammar allows no token here")
+        return int(chosen.id)
 
     def _allows(self, token: int) -> bool:
         one = self._one

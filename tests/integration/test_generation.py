@@ -130,11 +130,6 @@ def test_n_sampled_choices_stream_with_their_indexes(client: httpx.Client) -> No
         assert 2 <= usage["completion_tokens"] < 2 * SAMPLED["max_tokens"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="server bug since the prefix cache (4e1c406): KV that finished requests "
-                   "leave in other slots changes a new request's logits slightly, so a seeded "
-                   "temperature-1 request differs from the same request sent just before it; "
-                   "with --no-prefix-cache it repeats")
 def test_same_seed_repeats_the_text(client: httpx.Client) -> None:
     first, again = (text_of(chat(client, **SAMPLED, seed=1234)) for _ in range(2))
     assert first == again
