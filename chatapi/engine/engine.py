@@ -14,7 +14,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import replace
 
-from chatapi.engine.runner import Row, Runner, RunnerError, Sampler
+from chatapi.engine.runner import Row, Runner, RunnerError, Sampler, SamplerError
 from chatapi.engine.sampling import SamplingParams, TokenLogprob
 from chatapi.engine.scheduler import QueueFullError, Scheduler, Step
 from chatapi.engine.sequence import SeqOutput, Sequence, SequenceGroup, Status
@@ -114,10 +114,13 @@ class AsyncEngine:
         for action, group in inbox:
             if action == "add":
                 try:
-                    for seq in group.seqs:  # a sampler llama.cpp refuses fails this request only
+                    for seq in group.seqs:  # a sampler that fails, fails this request only
                         self._sampler(seq)
                     self.scheduler.add(group)
-                except (QueueFullError, ValueError) as exc:
+                except Exception as exc:  # noqa: BLE001 - one request must not stop the engine
+                    if not isinstance(exc, QueueFullError | ValueError):
+                        log.exception("cannot start a request")
+                        exc = RuntimeError("the request's sampler could not be created")
                     self._free_samplers(group.seqs)
                     group.on_output([SeqOutput(s.index, "", [], error=str(exc))
                                      for s in group.seqs])
@@ -163,19 +166,27 @@ class AsyncEngine:
             self.runner.copy_slot(seq.slot, fork.slot)
             fork.num_computed = fork.num_prompt_tokens
         for s in seq.group.seqs:
-            self._append(s, *self._sample(s, len(rows) - 1), outputs)
+            self._sample(s, len(rows) - 1, outputs)
 
     def _decode(self, seqs: list[Sequence], outputs: dict[SequenceGroup, list[SeqOutput]]
                 ) -> None:
+        seqs = sorted(seqs, key=lambda s: s.slot)  # consecutive slots share one ubatch
         rows = [Row(s.last_token, s.position, s.slot, True) for s in seqs]
         self.runner.decode(rows)
         for i, seq in enumerate(seqs):
-            self._append(seq, *self._sample(seq, i), outputs)
+            self._sample(seq, i, outputs)
 
-    def _sample(self, seq: Sequence, row: int) -> tuple[int, TokenLogprob | None]:
-        token = self.runner.sample(self._sampler(seq), row)
+    def _sample(self, seq: Sequence, row: int,
+                outputs: dict[SequenceGroup, list[SeqOutput]]) -> None:
+        try:
+            token = self.runner.sample(self._sampler(seq), row)
+        except SamplerError as exc:  # this sequence's grammar is stuck: it ends alone
+            self._finish(seq, None)
+            outputs[seq.group].append(self._output(seq, "", [], error=str(exc)))
+            return
         top = seq.params.logprobs
-        return token, None if top is None else self.runner.logprobs(row, token, top)
+        logprob = None if top is None else self.runner.logprobs(row, token, top)
+        self._append(seq, token, logprob, outputs)
 
     def _score_prompt(self, seq: Sequence, start: int, end: int) -> None:
         """Log-probabilities of the prompt tokens that rows start..end-1 predict."""

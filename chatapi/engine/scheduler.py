@@ -8,7 +8,7 @@ decode rows of all running sequences share one step.
 
 Prefix cache: a finished sequence leaves its KV in its slot. A new request takes the free slot
 whose cached tokens share the longest prefix with its prompt, and only the rest is prefilled;
-with no useful match it takes the least recently used free slot.
+with no useful match it takes the lowest-numbered free slot (see `_best_slot`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Scheduler:
         self.prefix_cache = prefix_cache
         self.waiting: deque[SequenceGroup] = deque()
         self.running: list[Sequence] = []
-        self.free_slots: list[int] = list(range(num_slots))  # least recently used first
+        self.free_slots: list[int] = list(range(num_slots))
         self.cached: dict[int, list[int]] = {}  # free slot -> tokens whose KV it still holds
         self._last_step_prefilled = False
         self._trims: list[tuple[int, int]] = []
@@ -142,7 +142,9 @@ class Scheduler:
 
     def _best_slot(self, prompt: list[int]) -> tuple[int, int]:
         """The free slot sharing the longest usable prefix with `prompt`, and that length."""
-        best_slot, best = self.free_slots[0], 0
+        # With no useful prefix take the lowest free slot: llama.cpp decodes consecutive slot
+        # ids in one ubatch, so a compact set of running slots keeps decode steps batched.
+        best_slot, best = min(self.free_slots), 0
         if self.prefix_cache:
             for slot in self.free_slots:
                 common = _common_prefix(self.cached.get(slot, ()), prompt)

@@ -148,21 +148,24 @@ def test_follow_up_goes_to_the_slot_with_the_longest_prefix() -> None:
     assert (a.leader.slot, 6) not in step.trims
 
 
-def test_unrelated_prompt_takes_least_recently_used_slot_and_trims_it() -> None:
-    sched = Scheduler(num_slots=2, chunk_size=8, max_waiting=5)
+def test_unrelated_prompt_takes_the_lowest_free_slot_and_trims_it() -> None:
+    sched = Scheduler(num_slots=3, chunk_size=8, max_waiting=5)
     first, second = make([1, 2, 3]), make([4, 5, 6])
     sched.add(first)
-    prefill_all(sched)
-    sched.finish(first.leader)
     sched.add(second)
     prefill_all(sched)
+    prefill_all(sched)
+    assert (first.leader.slot, second.leader.slot) == (0, 1)
     sched.finish(second.leader)
+    sched.finish(first.leader)
     other = make([7, 8, 9])
     sched.add(other)
     step = sched.schedule()
-    assert other.leader.slot == first.leader.slot  # least recently used
-    assert (first.leader.slot, 0) in step.trims
+    # lowest id, not least recently used: running slots stay compact for batched decode
+    assert other.leader.slot == 0
+    assert (0, 0) in step.trims
     assert other.leader.num_cached == 0
+    assert sched.cached[1] == [4, 5, 6]  # the other cached prefix is kept
 
 
 def test_prefix_align_rounds_reuse_down() -> None:
