@@ -34,6 +34,19 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument("--batch-size", type=int, help="tokens per llama_decode call (default 512)")
     p.add_argument("--max-queue", type=int, help="requests waiting before 429 (default 64)")
+    p.add_argument("--request-timeout", type=float, metavar="SECONDS",
+                   help="wall-clock limit of one request, queueing included (default 600; "
+                        "0 = none)")
+    p.add_argument("--shutdown-timeout", type=float, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT, how long requests in flight may finish before "
+                        "they are ended (default 30)")
+    p.add_argument("--truncation", choices=["disabled", "auto", "summarize"],
+                   help="what to do with a conversation longer than the context when a request "
+                        "does not say (extension field `truncation`; default disabled: 400)")
+    p.add_argument("--moderation-policy", "--moderation", dest="moderation_policy",
+                   metavar="PATH|default",
+                   help="content policy: a TOML file, or `default` for the built-in one "
+                        "(default: off)")
     p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_const", const=False,
                    help="process every prompt from scratch (no KV reuse between requests)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -53,30 +66,31 @@ def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -
     base = base or settings_from_env()
     fields = ("host", "port", "model", "served_model_name", "aliases", "api_keys", "parallel",
               "ctx_size", "threads", "batch_size", "max_queue", "prefix_cache", "log_level",
-              "database_url",
-              "admin_keys", "require_key")
+              "database_url", "admin_keys", "require_key", "request_timeout",
+              "shutdown_timeout", "truncation", "moderation_policy")
     settings = base.with_overrides(**{f: getattr(args, f, None) for f in fields})
     problems = [f"--{name.replace('_', '-')} must be >= {low}"
                 for name, low in (("parallel", 1), ("ctx_size", 64), ("batch_size", 1),
-                                  ("max_queue", 0), ("threads", 0))
-                if getattr(settings, name) < low]
+                                  ("max_queue", 0), ("threads", 0), ("request_timeout", 0),
+                                  ("shutdown_timeout", 0))
+                if not getattr(settings, name) >= low]  # `not >=`: NaN is refused too
+    if settings.truncation not in ("disabled", "auto", "summarize"):
+        problems.append("truncation must be disabled, auto or summarize")
     if problems:
         raise SystemExit("chatapi: " + "; ".join(problems))
     return settings
 
 
 def serve(settings: Settings) -> None:
-    import uvicorn
-
     from chatapi.api.app import create_app, resolve_model_path
+    from chatapi.api.server import run
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Assemble the default model before the server starts, with its progress bar.
     path, model_id = resolve_model_path(settings)
     settings = settings.with_overrides(model=path, served_model_name=model_id)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, timeout_graceful_shutdown=30)
+    run(create_app(settings), settings)  # returns after a clean SIGTERM/SIGINT drain
 
 
 def main(argv: list[str] | None = None) -> int:

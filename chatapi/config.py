@@ -19,6 +19,7 @@ class Settings:
     # server
     host: str = "127.0.0.1"
     port: int = 8000
+    shutdown_timeout: float = 30.0  # seconds in-flight requests may finish after SIGTERM/SIGINT
     api_keys: list[str] = field(default_factory=list)
     # keys, usage ledger, rate limits (chatapi.store)
     database_url: str | None = None  # None = SQLite file chatapi.db in the home directory
@@ -40,13 +41,18 @@ class Settings:
     seed: int | None = None  # default sampling seed when a request gives none
     # request limits
     max_body_bytes: int = 2 * 1024 * 1024
+    max_header_bytes: int = 32 * 1024  # request line and headers together (431 above)
+    max_headers: int = 100  # header fields in one request (431 above)
     max_messages: int = 2048
     max_message_chars: int = 1_000_000
     max_n: int = 8
     max_stop: int = 4
     max_stop_chars: int = 256
     max_prompts: int = 64  # prompts in one legacy /v1/completions request
-    request_timeout: float = 600.0  # seconds a request may take in all
+    # long conversations and the content policy (chatapi.chat.truncation, chatapi.moderation)
+    truncation: str = "disabled"  # request default: disabled | auto | summarize
+    moderation_policy: str | None = None  # a TOML policy file, or "default"; None = off
+    request_timeout: float = 600.0  # seconds a request may take in all; 0 = no limit
     # logging
     log_level: str = "info"
 
@@ -67,13 +73,14 @@ def _parse(kind: type, raw: str) -> Any:
 
 
 _FIELD_KINDS: dict[str, type] = {
-    "host": str, "port": int, "api_keys": list, "database_url": str, "admin_keys": list,
-    "require_key": bool, "model": str, "served_model_name": str,
+    "host": str, "port": int, "shutdown_timeout": float, "api_keys": list, "database_url": str,
+    "admin_keys": list, "require_key": bool, "model": str, "served_model_name": str,
     "aliases": list, "home": Path, "parallel": int, "ctx_size": int, "threads": int,
     "batch_size": int, "max_queue": int, "prefix_cache": bool, "prefix_align": int, "seed": int,
-    "max_body_bytes": int,
+    "max_body_bytes": int, "max_header_bytes": int, "max_headers": int,
     "max_messages": int, "max_message_chars": int, "max_n": int, "max_stop": int,
     "max_stop_chars": int, "max_prompts": int, "request_timeout": float, "log_level": str,
+    "truncation": str, "moderation_policy": str,
 }
 
 

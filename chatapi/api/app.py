@@ -10,16 +10,24 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from chatapi import __version__
 from chatapi.api.auth import AuthMiddleware
+from chatapi.api.disconnect import CLIENT_CLOSED
 from chatapi.api.errors import HANDLED_ERRORS, APIError, error_body, error_response
 from chatapi.api.metrics import Metrics, MetricsMiddleware, metrics_endpoint, step_timer
-from chatapi.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from chatapi.api.routes import admin, chat, completions, models, usage
+from chatapi.api.middleware import (
+    AccessLog,
+    BodyLimitMiddleware,
+    Lifecycle,
+    LifecycleMiddleware,
+    RequestIdMiddleware,
+)
+from chatapi.api.routes import admin, chat, completions, models, moderations, usage
 from chatapi.api.state import ServerState
 from chatapi.chat.template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
 from chatapi.config import Settings
@@ -27,6 +35,7 @@ from chatapi.engine.engine import AsyncEngine
 from chatapi.engine.runner import Runner, RunnerConfig
 from chatapi.models.default import DEFAULT_MODEL_ID, ensure_default_model
 from chatapi.models.registry import ModelRegistry
+from chatapi.moderation import Policy
 from chatapi.store import Store, resolve_url
 
 log = logging.getLogger("chatapi")
@@ -45,6 +54,7 @@ def resolve_model_path(settings: Settings, progress: bool = True) -> tuple[str, 
 
 
 def build_state(settings: Settings) -> ServerState:
+    policy = Policy.load(settings.moderation_policy) if settings.moderation_policy else None
     model_path, model_id = resolve_model_path(settings)
     started = time.monotonic()
     runner = Runner(RunnerConfig(
@@ -56,12 +66,14 @@ def build_state(settings: Settings) -> ServerState:
     engine = AsyncEngine(runner, num_slots=settings.parallel, max_queue=settings.max_queue,
                          prefix_cache=settings.prefix_cache, prefix_align=settings.prefix_align)
     registry = ModelRegistry(model_id, [a for a in settings.aliases if a != model_id])
-    return ServerState(settings, engine, registry, template, model_path)
+    return ServerState(settings, engine, registry, template, model_path, moderation=policy)
 
 
 def create_app(settings: Settings, state: ServerState | None = None) -> FastAPI:
     store = Store(resolve_url(settings.database_url, settings.home))
     metrics = Metrics()
+    access = AccessLog()
+    lifecycle = Lifecycle(settings.request_timeout)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,7 +81,8 @@ def create_app(settings: Settings, state: ServerState | None = None) -> FastAPI:
         app.state.store = store
         try:
             server = state or build_state(settings)
-            server.usage_sink = metrics.usage_sink(store.sink(forward=server.usage_sink))
+            server.usage_sink = access.usage_sink(
+                metrics.usage_sink(store.sink(forward=server.usage_sink)))
             metrics.watch_engine(server.engine)
             server.engine.on_step = step_timer(metrics)
             server.engine.start()
@@ -83,10 +96,12 @@ def create_app(settings: Settings, state: ServerState | None = None) -> FastAPI:
 
     app = FastAPI(title="chatapi", version=__version__, lifespan=lifespan,
                   docs_url="/docs", redoc_url=None)
-    for router in (chat.router, completions.router, models.router, admin.router, usage.router):
+    for router in (chat.router, completions.router, models.router, admin.router, usage.router,
+                   moderations.router):
         app.include_router(router)
     _install_error_handlers(app)
     app.state.metrics = metrics
+    app.state.lifecycle = lifecycle  # the server drains it on SIGTERM (chatapi.api.server)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
 
     if PLAYGROUND_DIR.is_dir():
@@ -97,11 +112,15 @@ def create_app(settings: Settings, state: ServerState | None = None) -> FastAPI:
     async def root() -> RedirectResponse:
         return RedirectResponse("/playground/")
 
-    # Each add wraps the previous: body limit innermost, then auth, ids, metrics outermost.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Each add wraps the previous: size limits innermost, then auth, deadlines and draining,
+    # ids and the access log, metrics outermost.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       max_header_bytes=settings.max_header_bytes,
+                       max_headers=settings.max_headers)
     app.add_middleware(AuthMiddleware, store=store, api_keys=settings.api_keys,
                        admin_keys=settings.admin_keys, require_key=settings.require_key)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(LifecycleMiddleware, lifecycle=lifecycle)
+    app.add_middleware(RequestIdMiddleware, access=access)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
@@ -124,7 +143,11 @@ def _install_error_handlers(app: FastAPI) -> None:
                        param=param)
         return JSONResponse(error_body(err), status_code=400)
 
+    async def on_client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        return Response(status_code=CLIENT_CLOSED)  # gone before its body arrived: nobody reads
+
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
     app.add_exception_handler(RequestValidationError, on_validation)
     # Known errors are handled in the router; a bare Exception handler would also be logged
     # as a crash by Starlette's outermost middleware.

@@ -20,7 +20,7 @@ class APIError(Exception):
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
                  param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, inner: dict | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -28,6 +28,7 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        self.inner = inner  # Azure OpenAI's `innererror` (content filter results)
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None
@@ -70,8 +71,10 @@ def to_api_error(exc: BaseException) -> APIError:
 
 
 def error_body(err: APIError) -> dict:
-    return {"error": {"message": err.message, "type": err.type, "param": err.param,
-                      "code": err.code}}
+    body = {"message": err.message, "type": err.type, "param": err.param, "code": err.code}
+    if err.inner is not None:
+        body["innererror"] = err.inner
+    return {"error": body}
 
 
 def error_response(exc: BaseException) -> JSONResponse:

@@ -169,6 +169,10 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     tools: list[ChatTool] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    # Extension (the name of OpenAI's Responses API): a conversation longer than the context
+    truncation: Literal["disabled", "auto", "summarize"] | None = Field(
+        default=None, description="extension: disabled (400) | auto (drop the oldest turns) | "
+                                  "summarize (replace them with a summary); server default")
 
     @property
     def completion_limit(self) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from chatapi.api.errors import APIError, invalid_request
@@ -28,9 +28,11 @@ from chatapi.chat.tools import (
     parse_tool_calls,
     template_takes_tools,
 )
+from chatapi.chat.truncation import ContextOverflow, Fitted, fit_chat
 from chatapi.engine.engine import GenerationStream
 from chatapi.engine.grammar import SchemaError, json_object_grammar, schema_grammar
 from chatapi.engine.sequence import SeqOutput
+from chatapi.moderation import check_prompt, output_guard
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class ToolPlan:
     functions: tuple[FunctionSpec, ...]
     choice: str  # "none" | "auto" | "required" | "named"
     legacy: bool  # `functions` / `function_call` (one call, message.function_call)
+    parallel: bool = True  # parallel_tool_calls: false keeps only the first call
 
     @property
     def names(self) -> frozenset[str]:
@@ -49,6 +52,10 @@ class ToolPlan:
     @property
     def parses(self) -> bool:
         return self.choice != "none"
+
+    @property
+    def max_calls(self) -> int | None:
+        return None if self.parallel and not self.legacy else 1
 
     def finish_reason(self) -> str:
         return "function_call" if self.legacy else "tool_calls"
@@ -61,6 +68,7 @@ class ChatPlan:
     grammar: str | None = None
     tools: ToolPlan | None = None
     top_logprobs: int | None = None  # None: no logprobs
+    truncation: Fitted | None = None  # what fitting the conversation into the context did
 
     def engine_options(self) -> dict[str, Any]:
         return {"grammar": self.grammar, "logprobs": self.top_logprobs}
@@ -133,15 +141,15 @@ def tool_plan(state: ServerState, req: ChatCompletionRequest) -> ToolPlan | None
         functions = [f for f in functions if f.name == name] + \
                     [f for f in functions if f.name != name]
         kind = "named"
-    return ToolPlan(detect_format(state.template.source), tuple(functions), kind, legacy)
+    return ToolPlan(detect_format(state.template.source), tuple(functions), kind, legacy,
+                    req.parallel_tool_calls is not False)
 
 
 def _grammar(req: ChatCompletionRequest, tools: ToolPlan | None) -> str | None:
     """The grammar decoding must follow: an enforced call, or the response_format."""
     if tools is not None and tools.choice in ("required", "named"):
         functions = list(tools.functions[:1] if tools.choice == "named" else tools.functions)
-        parallel = tools.choice == "required" and not tools.legacy \
-            and req.parallel_tool_calls is not False
+        parallel = tools.choice == "required" and tools.max_calls is None
         try:
             return call_grammar(tools.fmt, functions, parallel=parallel)
         except SchemaError as exc:
@@ -193,18 +201,30 @@ async def prepare_chat(state: ServerState, req: ChatCompletionRequest
     and logprobs decided here are left on `req.plan`."""
     state.registry.resolve(req.model)
     check_chat_request(state, req)
+    await check_prompt(state.moderation, [m.text for m in req.messages], "messages")
     tools = tool_plan(state, req)
     grammar = await asyncio.to_thread(_grammar, req, tools)
     req.set_plan(ChatPlan(grammar, tools, (req.top_logprobs or 0) if req.logprobs else None))
     messages = template_messages(req.messages)
     offered = [f.as_tool() for f in tools.functions] if tools and tools.parses else None
-    if not template_takes_tools(state.template.source):
-        messages = inline_history(messages, list(tools.functions) if offered else [])
-        offered = None
-    prompt = await asyncio.to_thread(state.template.render, messages, tools=offered,
-                                     add_generation_prompt=True)
-    tokens = await state.tokenize(prompt, special=True)
-    return tokens, state.completion_budget(len(tokens), req.completion_limit)
+    inline = not template_takes_tools(state.template.source)
+    inlined = list(tools.functions) if offered and inline else []
+
+    async def measure(history: list[dict[str, Any]]) -> list[int]:
+        if inline:
+            history = inline_history(history, inlined)
+        prompt = await asyncio.to_thread(state.template.render, history,
+                                         tools=None if inline else offered,
+                                         add_generation_prompt=True)
+        return await state.tokenize(prompt, special=True)
+
+    try:
+        fitted = await fit_chat(state, messages, req.truncation, req.completion_limit, measure)
+    except ContextOverflow as exc:
+        raise invalid_request(str(exc), param="messages", code="context_length_exceeded") \
+            from None
+    req.set_plan(replace(req.plan, truncation=fitted))
+    return fitted.tokens, state.completion_budget(len(fitted.tokens), req.completion_limit)
 
 
 class ChatCompletion:
@@ -231,6 +251,7 @@ class ChatCompletion:
         tools = self.plan.tools
         self.parsers = [ToolCallParser(tools.fmt, tools.names) if tools and tools.parses
                         else None for _ in range(self.n)]
+        self.guard = output_guard(state.moderation, self.n, state.engine.runner.token_bytes)
         tracker.count(stream.num_prompt_tokens, 0)
 
     def usage(self) -> dict[str, Any]:
@@ -256,14 +277,20 @@ class ChatCompletion:
                 for out in outputs:
                     if out.error:
                         raise APIError(500, out.error, type="server_error", code="engine_error")
+                    if self.finish[out.index] == "content_filter":
+                        continue  # the rest of a filtered choice is never shown
                     self.tracker.first_token()
                     self.prompt_tokens = out.prompt_tokens
                     self.cached_tokens = max(self.cached_tokens, out.cached_tokens)
                     self.completion_tokens[out.index] = out.completion_tokens
                     self.finish[out.index] = out.finish_reason or self.finish[out.index]
+                    if self.guard and self.guard.apply(out):
+                        self.finish[out.index] = "content_filter"
                     self.tracker.count(self.prompt_tokens, sum(self.completion_tokens),
                                        self.cached_tokens)
                     yield out
+                if self.guard and all(self.finish):
+                    break  # a filtered choice may still be generating: close() aborts it
         except Exception:
             self.tracker.finish("error")
             raise
@@ -295,7 +322,13 @@ class ChatCompletion:
         choices = [{"index": i, "message": messages[i] or self._message(i, "".join(texts[i])),
                     "logprobs": self._choice_logprobs(logprobs[i]),
                     "finish_reason": self.finish[i]} for i in range(self.n)]
-        return {**self._head("chat.completion"), "choices": choices, "usage": self.usage()}
+        report = self.plan.truncation.report() if self.plan.truncation else None
+        return {**self._head("chat.completion"), "choices": choices, "usage": self.usage(),
+                **({"chatapi": report} if report else {})}  # extension: what truncation did
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.plan.truncation.headers() if self.plan.truncation else {}
 
     def _message(self, index: int, text: str) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
@@ -303,15 +336,15 @@ class ChatCompletion:
         if tools is None or not tools.parses:
             return message
         parsed = parse_tool_calls(text, tools.fmt, tools.names)
-        self._called(index, bool(parsed.calls))
-        if not parsed.calls:
+        calls = parsed.calls[:tools.max_calls]
+        self._called(index, bool(calls))
+        if not calls:
             return message
         message["content"] = parsed.content
         if tools.legacy:
-            call = parsed.calls[0]
-            message["function_call"] = {"name": call.name, "arguments": call.arguments}
+            message["function_call"] = {"name": calls[0].name, "arguments": calls[0].arguments}
         else:
-            message["tool_calls"] = [call.as_openai() for call in parsed.calls]
+            message["tool_calls"] = [call.as_openai() for call in calls]
         return message
 
     def _choice_logprobs(self, content: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -359,16 +392,18 @@ class ChatCompletion:
         events = parser.feed(out.text) if out.text else []
         if out.finish_reason:
             events += parser.finish()
-        legacy = bool(self.plan.tools and self.plan.tools.legacy)
-        return [d for d in (_delta(e, legacy) for e in events) if d]
+        tools = self.plan.tools
+        if tools is None:
+            return []
+        return [d for d in (_delta(e, tools) for e in events) if d]
 
 
-def _delta(e: Event, legacy: bool) -> dict[str, Any] | None:
+def _delta(e: Event, tools: ToolPlan) -> dict[str, Any] | None:
     if isinstance(e, Content):
         return {"content": e.text}
-    if legacy:
-        if e.index:  # the legacy form carries one call
-            return None
+    if tools.max_calls is not None and e.index >= tools.max_calls:
+        return None
+    if tools.legacy:
         if isinstance(e, CallStart):
             return {"function_call": {"name": e.name, "arguments": ""}}
         return {"function_call": {"arguments": e.fragment}}

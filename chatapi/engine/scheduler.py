@@ -138,7 +138,7 @@ class Scheduler:
                 reuse = 0
             self._take(leader, slot, reuse)
             for fork in group.forks:
-                self._take(fork, self.free_slots[0], 0)
+                self._take(fork, min(self.free_slots), 0)
 
     def _best_slot(self, prompt: list[int]) -> tuple[int, int]:
         """The free slot sharing the longest usable prefix with `prompt`, and that length."""

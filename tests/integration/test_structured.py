@@ -40,8 +40,9 @@ def _all(client: httpx.Client, bodies: list[dict[str, Any]]) -> list[dict[str, A
 def test_json_object_parses_for_ten_prompts(client: httpx.Client) -> None:
     bodies = [dict(model=MODEL, temperature=0, max_tokens=160,
                    response_format={"type": "json_object"},
-                   messages=[{"role": "system", "content": "Reply in JSON, briefly."},
-                             {"role": "user", "content": f"Describe {topic} in three facts."}])
+                   messages=[{"role": "system", "content": "Reply with a short JSON object."},
+                             {"role": "user", "content": "Give the name and the usual color "
+                                                         f"of {topic}."}])
               for topic in TOPICS]
     for topic, body in zip(TOPICS, _all(client, bodies), strict=True):
         choice = body["choices"][0]

@@ -26,5 +26,7 @@ async def create_chat_completion(request: Request) -> Response:
     tracker = state.track(request.scope["state"], "chat.completions", req.model)
     completion = ChatCompletion(state, req, stream, tracker)
     if req.stream:
-        return sse_response(completion.chunks(), completion.close)
-    return await json_unless_disconnected(request, completion.body(), completion.close)
+        return sse_response(completion.chunks(), completion.close, completion.headers)
+    response = await json_unless_disconnected(request, completion.body(), completion.close)
+    response.headers.update(completion.headers)
+    return response
