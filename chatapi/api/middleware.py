@@ -75,7 +75,8 @@ class AccessLog:
             return
         usage: UsageRecord | None = state.get("usage")
         line = {"id": state.get("request_id"), "method": scope.get("method"),
-                "path": scope.get("path"), "status": status, "key": state.get("key_id"),
+                "path": (scope.get("path") or "")[:512], "status": status,
+                "key": state.get("key_id") or (usage.key_id if usage else None),
                 "model": usage.model if usage else None,
                 "prompt_tokens": usage.prompt_tokens if usage else None,
                 "completion_tokens": usage.completion_tokens if usage else None,
@@ -251,7 +252,7 @@ class LifecycleMiddleware:
 
         request: _InFlight | None = None
         try:
-            async with asyncio.timeout(lifecycle.deadline()) as timeout:
+            async with asyncio.timeout_at(lifecycle.deadline()) as timeout:
                 request = _InFlight(timeout)
                 lifecycle.active.add(request)
                 try:

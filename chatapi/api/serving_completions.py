@@ -15,6 +15,7 @@ from chatapi.api.state import ServerState, new_id, now
 from chatapi.api.usage import UsageTracker
 from chatapi.engine.engine import GenerationStream
 from chatapi.engine.sequence import SeqOutput
+from chatapi.moderation import check_prompt, output_guard
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
 
@@ -102,6 +103,7 @@ async def prepare_completion(state: ServerState, req: CompletionRequest
             tokens = _fill_in_the_middle(tokens, suffix, fim, runner.bos_token, runner.add_bos)
         token_lists.append(tokens)
         texts.append(text)
+    await check_prompt(state.moderation, texts + [req.suffix or ""], "prompt")
     req.set_plan(replace(plan, prompts=tuple(map(tuple, token_lists))))
     requested = req.max_tokens or DEFAULT_MAX_TOKENS
     budget = min(state.completion_budget(len(t), requested) for t in token_lists)
@@ -152,6 +154,7 @@ class TextCompletion:
         self.prompt_tokens = [0] * len(streams)
         self.completion_tokens: dict[int, int] = {}
         token_bytes = state.engine.runner.token_bytes
+        self.guard = output_guard(state.moderation, len(streams) * self.seqs, token_bytes)
         self.candidates = [_Candidate([self._echo(i)], LegacyLogprobs(token_bytes), [])
                            for i in range(len(streams) * self.seqs)]
         self.prompt_scores: dict[int, list] = {}
@@ -197,13 +200,19 @@ class TextCompletion:
                     self.tracker.first_token()
                     self.prompt_tokens[p] = out.prompt_tokens
                     index = p * self.seqs + out.index
+                    if self.finish.get(index) == "content_filter":
+                        continue  # the rest of a filtered choice is never shown
                     self.completion_tokens[index] = out.completion_tokens
                     if out.finish_reason:
                         self.finish[index] = out.finish_reason
+                    if self.guard and self.guard.apply(out, index):
+                        self.finish[index] = "content_filter"
                     usage = self.usage()
                     self.tracker.count(usage["prompt_tokens"], usage["completion_tokens"])
                     self._record(p, index, out)
                     yield index, out
+                if self.guard and len(self.finish) == len(self.candidates):
+                    break  # a filtered choice may still be generating: close() aborts it
         except Exception:
             self.tracker.finish("error")
             raise
