@@ -48,6 +48,7 @@ class Settings:
     max_n: int = 8
     max_stop: int = 4
     max_stop_chars: int = 256
+    max_logit_bias: int = 1024  # logit_bias entries per request
     max_prompts: int = 64  # prompts in one legacy /v1/completions request
     # long conversations and the content policy (chatapi.chat.truncation, chatapi.moderation)
     truncation: str = "disabled"  # request default: disabled | auto | summarize
@@ -79,7 +80,8 @@ _FIELD_KINDS: dict[str, type] = {
     "batch_size": int, "max_queue": int, "prefix_cache": bool, "prefix_align": int, "seed": int,
     "max_body_bytes": int, "max_header_bytes": int, "max_headers": int,
     "max_messages": int, "max_message_chars": int, "max_n": int, "max_stop": int,
-    "max_stop_chars": int, "max_prompts": int, "request_timeout": float, "log_level": str,
+    "max_stop_chars": int, "max_logit_bias": int, "max_prompts": int,
+    "request_timeout": float, "log_level": str,
     "truncation": str, "moderation_policy": str,
 }
 

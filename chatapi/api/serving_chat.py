@@ -87,13 +87,20 @@ def check_chat_request(state: ServerState, req: ChatCompletionRequest) -> None:
                 f"{limits.max_message_chars} characters, got {len(message.text)}.",
                 param=f"messages[{i}].content")
         _check_message(i, message)
+    _check_tool_schemas(req)
     if req.top_logprobs is not None and not req.logprobs:
         raise invalid_request("'top_logprobs' requires 'logprobs' to be true.",
                               param="top_logprobs")
     state.check_sampling(req, req.n or 1)
 
 
+_JSON_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+
+
 def _check_message(i: int, message: ChatMessage) -> None:
+    if message.content is None and message.role not in ("assistant", "function"):
+        raise invalid_request(f"Missing required parameter: 'messages[{i}].content'.",
+                              param=f"messages[{i}].content")
     if message.role == "tool" and not message.tool_call_id:
         raise invalid_request(f"Missing required parameter: 'messages[{i}].tool_call_id'.",
                               param=f"messages[{i}].tool_call_id")
@@ -143,6 +150,46 @@ def tool_plan(state: ServerState, req: ChatCompletionRequest) -> ToolPlan | None
         kind = "named"
     return ToolPlan(detect_format(state.template.source), tuple(functions), kind, legacy,
                     req.parallel_tool_calls is not False)
+
+
+def _check_tool_schemas(req: ChatCompletionRequest) -> None:
+    """Every offered function's parameters must be an object schema with known types, whether
+    or not a call is enforced (as OpenAI checks them)."""
+    listed = ([(f"tools[{i}].function.parameters", t.function) for i, t in enumerate(req.tools)]
+              if req.tools else
+              [(f"functions[{i}].parameters", f) for i, f in enumerate(req.functions or [])])
+    for param, definition in listed:
+        schema = definition.parameters
+        if schema is None:
+            continue
+        problem = None
+        if schema.get("type", "object") != "object":
+            problem = f"the parameters schema must have type 'object', got {schema['type']!r}"
+        else:
+            problem = _unknown_type(schema)
+        if problem:
+            raise invalid_request(f"Invalid value for '{param}': {problem}.", param=param)
+
+
+def _unknown_type(schema: Any, depth: int = 0) -> str | None:
+    """The first 'type' value that is not a JSON Schema type, searching nested schemas."""
+    if depth > 64:
+        return "the schema is nested too deeply"
+    if isinstance(schema, list):
+        return next((p for p in (_unknown_type(x, depth + 1) for x in schema) if p), None)
+    if not isinstance(schema, dict):
+        return None
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind] if kind is not None else []
+    for k in kinds:
+        if not isinstance(k, str) or k not in _JSON_TYPES:
+            return f"{str(k)[:40]!r} is not a JSON Schema type"
+    for key, value in schema.items():
+        if key not in ("enum", "const", "default", "examples") and isinstance(value, dict | list):
+            problem = _unknown_type(value, depth + 1)
+            if problem:
+                return problem
+    return None
 
 
 def _grammar(req: ChatCompletionRequest, tools: ToolPlan | None) -> str | None:
@@ -204,6 +251,12 @@ async def prepare_chat(state: ServerState, req: ChatCompletionRequest
     await check_prompt(state.moderation, [m.text for m in req.messages], "messages")
     tools = tool_plan(state, req)
     grammar = await asyncio.to_thread(_grammar, req, tools)
+    if grammar is not None and not state.engine.runner.grammar_ok(grammar):
+        param = ("response_format.json_schema.schema" if tools is None
+                 or tools.choice not in ("required", "named") else "tools")
+        raise invalid_request(f"Invalid value for '{param}': the schema cannot be turned into "
+                              "a grammar (for example a '$ref' that refers only to itself).",
+                              param=param)
     req.set_plan(ChatPlan(grammar, tools, (req.top_logprobs or 0) if req.logprobs else None))
     messages = template_messages(req.messages)
     offered = [f.as_tool() for f in tools.functions] if tools and tools.parses else None

@@ -82,7 +82,12 @@ class ServerState:
                 raise invalid_request(
                     f"Invalid value for 'stop': each sequence must have 1 to "
                     f"{limits.max_stop_chars} characters, got {len(stop)}.", param="stop")
-        check_logit_bias(req.logit_bias or {}, self.engine.runner.n_vocab)
+        bias = req.logit_bias or {}
+        if len(bias) > limits.max_logit_bias:
+            raise invalid_request(
+                f"Invalid value for 'logit_bias': at most {limits.max_logit_bias} entries, got "
+                f"{len(bias)}.", param="logit_bias")
+        check_logit_bias(bias, self.engine.runner.n_vocab)
 
     def completion_budget(self, prompt_tokens: int, requested: int | None) -> int:
         """max_tokens for a prompt: the request's value if it fits, else a 400."""

@@ -193,6 +193,14 @@ class Runner:
 
     # --- samplers -----------------------------------------------------------------------------
 
+    def grammar_ok(self, grammar: str) -> bool:
+        """Whether llama.cpp accepts the grammar (no left recursion, no undefined rule)."""
+        handle = lc.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+        if not handle:
+            return False
+        lc.llama_sampler_free(handle)
+        return True
+
     def new_sampler(self, params: SamplingParams) -> Sampler:
         return Sampler(self, params)
 
