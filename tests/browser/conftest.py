@@ -15,7 +15,7 @@ API_KEY = "sk-playground-test"
 SERVER_ARGS = ("--parallel", "4", "--ctx-size", "2048")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # the sync Playwright loop must end with this package
 def browser() -> Iterator[Any]:
     reason = missing_browser()
     if reason:
@@ -33,13 +33,13 @@ def _serve(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str) -> I
         pytest.fail(str(exc), pytrace=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # the sync Playwright loop must end with this package
 def server(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a `chatapi serve` subprocess without keys (started after the browser check)."""
     yield from _serve(tmp_path_factory, "server")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # the sync Playwright loop must end with this package
 def keyed_server(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a server started with `--api-key API_KEY`."""
     yield from _serve(tmp_path_factory, "keyed-server", "--api-key", API_KEY)
