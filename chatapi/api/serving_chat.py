@@ -251,7 +251,8 @@ async def prepare_chat(state: ServerState, req: ChatCompletionRequest
     await check_prompt(state.moderation, [m.text for m in req.messages], "messages")
     tools = tool_plan(state, req)
     grammar = await asyncio.to_thread(_grammar, req, tools)
-    if grammar is not None and not state.engine.runner.grammar_ok(grammar):
+    if grammar is not None and not await asyncio.to_thread(state.engine.runner.grammar_ok,
+                                                           grammar):
         param = ("response_format.json_schema.schema" if tools is None
                  or tools.choice not in ("required", "named") else "tools")
         raise invalid_request(f"Invalid value for '{param}': the schema cannot be turned into "

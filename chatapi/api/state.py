@@ -52,12 +52,12 @@ class ServerState:
     async def tokenize(self, text: str, *, special: bool) -> list[int]:
         runner = self.engine.runner
         try:
-            text.encode("utf-8")
+            data = text.encode("utf-8")
         except UnicodeEncodeError as exc:  # JSON allows lone surrogates; UTF-8 does not
             raise invalid_request(f"The prompt contains invalid Unicode: {exc.reason} at "
                                   f"character {exc.start}.") from None
         # llama_tokenize releases the GIL: long prompts must not block the event loop.
-        tokens = await asyncio.to_thread(runner.tokenize, text, add_special=False,
+        tokens = await asyncio.to_thread(runner.tokenize, data, add_special=False,
                                          parse_special=special)
         if runner.add_bos and (not tokens or tokens[0] != runner.bos_token):
             tokens.insert(0, runner.bos_token)

@@ -6,6 +6,7 @@ Every method is called from the engine thread only.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import math
 import os
@@ -106,9 +107,9 @@ class Runner:
 
     # --- vocabulary ---------------------------------------------------------------------------
 
-    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = True
-                 ) -> list[int]:
-        data = text.encode("utf-8")
+    def tokenize(self, text: str | bytes, *, add_special: bool = False,
+                 parse_special: bool = True) -> list[int]:
+        data = text if isinstance(text, bytes) else text.encode("utf-8")
         size = len(data) + 16
         while True:
             buf = (lc.llama_token * size)()
@@ -193,6 +194,7 @@ class Runner:
 
     # --- samplers -----------------------------------------------------------------------------
 
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - one runner per process, kept for its life
     def grammar_ok(self, grammar: str) -> bool:
         """Whether llama.cpp accepts the grammar (no left recursion, no undefined rule)."""
         handle = lc.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")

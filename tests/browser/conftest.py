@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .harness import DESKTOP, ServerFailed, chromium, missing_browser, running_server
+from .harness import DESKTOP, chromium, missing_browser, running_server
 from .playground import Playground, wait_idle
 
 API_KEY = "sk-playground-test"
@@ -26,11 +26,8 @@ def browser() -> Iterator[Any]:
 
 def _serve(tmp_path_factory: pytest.TempPathFactory, name: str, *args: str) -> Iterator[str]:
     log = tmp_path_factory.mktemp(name) / "server.log"
-    try:
-        with running_server(log, *SERVER_ARGS, *args) as url:
-            yield url
-    except ServerFailed as exc:
-        pytest.fail(str(exc), pytrace=False)
+    with running_server(log, *SERVER_ARGS, *args) as url:
+        yield url
 
 
 @pytest.fixture(scope="package")  # the sync Playwright loop must end with this package

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from .server import Server, chatapi_server
 
-HERE = Path(__file__).resolve().parent
 CTX_SIZE = 512  # small: a request without max_tokens cannot generate for long
 PARALLEL = 8
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if HERE in item.path.resolve().parents:
-            item.add_marker(pytest.mark.model)
 
 
 @pytest.fixture(scope="session")

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from .helpers import CTX_SIZE, REQUEST_TIMEOUT_S, running_server, thread_args, wait_idle
-
-HERE = Path(__file__).resolve().parent
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Everything in this directory needs the real default model.
-    for item in items:
-        if HERE in item.path.resolve().parents:
-            item.add_marker(pytest.mark.model)
 
 
 @pytest.fixture(scope="session")
