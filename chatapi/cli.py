@@ -49,6 +49,22 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                         "(default: off)")
     p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_const", const=False,
                    help="process every prompt from scratch (no KV reuse between requests)")
+    p.add_argument("--step-tokens", type=int, metavar="N",
+                   help="prompt tokens prefilled per engine step beside the running streams' "
+                        "decode (default 32): lower keeps streams smoother while a long "
+                        "prompt is read, higher reads it sooner")
+    p.add_argument("--speculative", choices=["ngram", "off"],
+                   help="prompt-lookup speculative decoding (default off): draft tokens by "
+                        "matching the output against the prompt, verify them in the batch; "
+                        "faster on text that repeats its prompt (code edits), but greedy text "
+                        "may differ where two tokens are nearly tied")
+    p.add_argument("--spec-draft", type=int, metavar="N",
+                   help="most draft tokens per sequence and step (default 4)")
+    p.add_argument("--repack", choices=["auto", "on", "off"],
+                   help="llama.cpp weight repacking (default off: its GEMM computes a row "
+                        "by where it falls in the batch, so a prompt's logits would depend "
+                        "on how it was chunked; auto: on unless llama.cpp was built with AMX, "
+                        "whose kernels crash on machines that advertise AMX without it)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 
@@ -67,15 +83,21 @@ def settings_from_args(args: argparse.Namespace, base: Settings | None = None) -
     fields = ("host", "port", "model", "served_model_name", "aliases", "api_keys", "parallel",
               "ctx_size", "threads", "batch_size", "max_queue", "prefix_cache", "log_level",
               "database_url", "admin_keys", "require_key", "request_timeout",
-              "shutdown_timeout", "truncation", "moderation_policy")
+              "shutdown_timeout", "truncation", "moderation_policy", "step_tokens", "speculative",
+              "spec_draft", "repack")
     settings = base.with_overrides(**{f: getattr(args, f, None) for f in fields})
     problems = [f"--{name.replace('_', '-')} must be >= {low}"
                 for name, low in (("parallel", 1), ("ctx_size", 64), ("batch_size", 1),
-                                  ("max_queue", 0), ("threads", 0), ("request_timeout", 0),
+                                  ("max_queue", 0), ("threads", 0), ("step_tokens", 1),
+                                  ("spec_draft", 0), ("request_timeout", 0),
                                   ("shutdown_timeout", 0))
                 if not getattr(settings, name) >= low]  # `not >=`: NaN is refused too
     if settings.truncation not in ("disabled", "auto", "summarize"):
         problems.append("truncation must be disabled, auto or summarize")
+    if settings.speculative not in ("ngram", "off"):
+        problems.append("speculative must be ngram or off")
+    if settings.repack not in ("auto", "on", "off"):
+        problems.append("repack must be auto, on or off")
     if problems:
         raise SystemExit("chatapi: " + "; ".join(problems))
     return settings

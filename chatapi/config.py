@@ -37,7 +37,11 @@ class Settings:
     batch_size: int = 512  # max tokens per llama_decode (prefill chunk size)
     max_queue: int = 64  # requests waiting for a slot before 429
     prefix_cache: bool = True  # finished requests leave their KV for a later common prefix
-    prefix_align: int = 64  # reuse only prompt tokens, in multiples of this (1: any token)
+    prefix_align: int = 1  # reuse cached prompt tokens in multiples of this
+    step_tokens: int = 32  # prompt tokens prefilled per engine step beside the decode rows
+    speculative: str = "off"  # ngram: prompt-lookup drafts verified in the decode batch
+    spec_draft: int = 4  # most draft tokens per sequence per step
+    repack: str = "off"  # llama.cpp weight repacking (extra buffer types): off | on | auto
     seed: int | None = None  # default sampling seed when a request gives none
     # request limits
     max_body_bytes: int = 2 * 1024 * 1024
@@ -78,6 +82,7 @@ _FIELD_KINDS: dict[str, type] = {
     "admin_keys": list, "require_key": bool, "model": str, "served_model_name": str,
     "aliases": list, "home": Path, "parallel": int, "ctx_size": int, "threads": int,
     "batch_size": int, "max_queue": int, "prefix_cache": bool, "prefix_align": int, "seed": int,
+    "step_tokens": int, "speculative": str, "spec_draft": int, "repack": str,
     "max_body_bytes": int, "max_header_bytes": int, "max_headers": int,
     "max_messages": int, "max_message_chars": int, "max_n": int, "max_stop": int,
     "max_stop_chars": int, "max_logit_bias": int, "max_prompts": int,

@@ -57,14 +57,17 @@ def build_state(settings: Settings) -> ServerState:
     policy = Policy.load(settings.moderation_policy) if settings.moderation_policy else None
     model_path, model_id = resolve_model_path(settings)
     started = time.monotonic()
+    spec_draft = settings.spec_draft if settings.speculative == "ngram" else 0
     runner = Runner(RunnerConfig(
         model_path=model_path, ctx_size=settings.ctx_size, num_slots=settings.parallel,
-        batch_size=settings.batch_size, threads=settings.threads))
+        batch_size=settings.batch_size, threads=settings.threads, repack=settings.repack,
+        max_draft=spec_draft))
     log.info("loaded %s in %.1f s", model_path, time.monotonic() - started)
     template = ChatTemplate(runner.chat_template or DEFAULT_CHAT_TEMPLATE,
                             bos_token=runner.bos_text, eos_token=runner.eos_text)
     engine = AsyncEngine(runner, num_slots=settings.parallel, max_queue=settings.max_queue,
-                         prefix_cache=settings.prefix_cache, prefix_align=settings.prefix_align)
+                         prefix_cache=settings.prefix_cache, prefix_align=settings.prefix_align,
+                         step_tokens=settings.step_tokens, spec_draft=spec_draft)
     registry = ModelRegistry(model_id, [a for a in settings.aliases if a != model_id])
     return ServerState(settings, engine, registry, template, model_path, moderation=policy)
 

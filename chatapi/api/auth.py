@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from chatapi.api.errors import APIError
 from chatapi.api.middleware import ASGIApp, Message, Receive, Scope, Send, is_open_path, send_error
+from chatapi.models.registry import ModelRegistry
 from chatapi.store import ApiKey, Store, Verdict
 
 log = logging.getLogger("chatapi.auth")
@@ -175,18 +176,28 @@ def model_not_allowed(model: str) -> APIError:
                     param="model", code="model_not_found")
 
 
+def key_allows(key: ApiKey | None, model: str, registry: ModelRegistry) -> bool:
+    """Whether a key may use `model`: keys without a model list may use every model; a list
+    names models by the id served or by an alias (the id lets every alias through)."""
+    if key is None or key.models is None:
+        return True
+    return model in key.models or (model in registry and registry.resolve(model) in key.models)
+
+
+def request_key(request: Request) -> ApiKey | None:
+    """The store key the request was authenticated with (None: no key, or a configured one)."""
+    return request.scope.get("state", {}).get("api_key")
+
+
 async def admit(request: Request, model: str, tokens: int) -> None:
     """Let the request's key use `model` for up to `tokens` (prompt + max completion), or raise
     404 `model_not_found` / 429 `rate_limit_exceeded`. Requests without a store key pass."""
     state = request.scope.get("state", {})
-    key: ApiKey | None = state.get("api_key")
+    key = request_key(request)
     if key is None:
         return
-    if key.models is not None:
-        registry = request.app.state.chatapi.registry
-        served = registry.resolve(model) if model in registry else None
-        if model not in key.models and served not in key.models:
-            raise model_not_allowed(model)
+    if not key_allows(key, model, request.app.state.chatapi.registry):
+        raise model_not_allowed(model)
     if not key.limited:
         return
     store: Store = request.app.state.store

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,7 +27,7 @@ class _EngineCollector:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         sched = self.engine.scheduler
         yield GaugeMetricFamily("chatapi_sequences_running", "Sequences generating now",
                                 value=len(sched.running))
@@ -42,6 +42,12 @@ class _EngineCollector:
                                 value=sched.num_cached_tokens)
         yield GaugeMetricFamily("chatapi_engine_alive", "1 while the engine thread runs",
                                 value=1 if self.engine.alive else 0)
+        yield CounterMetricFamily("chatapi_spec_draft_tokens",
+                                  "Prompt-lookup draft tokens verified",
+                                  value=self.engine.spec_proposed)
+        yield CounterMetricFamily("chatapi_spec_accepted_tokens",
+                                  "Draft tokens the sampler agreed with (kept)",
+                                  value=self.engine.spec_accepted)
 
 
 class Metrics:

@@ -9,16 +9,24 @@ the formats.
 from __future__ import annotations
 
 import enum
-import json
 import secrets
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatapi.chat.json_scan import (
+    HEAD_LIMIT,
+    WS,
+    ValueScanner,
+    call_from,
+    calls_in,
+    loads,
+    parse_head,
+    partial_suffix,
+)
+
 _ALPHABET = string.ascii_letters + string.digits
-_WS = " \t\r\n"
-HEAD_LIMIT = 512  # characters of `{"name": "…", "arguments":` before giving up on streaming
 HELD_WS_LIMIT = 256  # whitespace held back before a possible call marker
 
 
@@ -88,7 +96,7 @@ class ToolCallParser:
     _mode: _Mode = _Mode.TEXT
     _buf: str = ""
     _scan_from: int = 0
-    _scanner: _ValueScanner | None = None
+    _scanner: ValueScanner | None = None
     _parts: list[str] = field(default_factory=list)
     _after_call: bool = False
     _window: str = ""
@@ -172,7 +180,7 @@ class ToolCallParser:
     def _lead(self, events: list[Event]) -> bool:
         """A reply that opens with a bare call (llama3's only form; mistral's when the marker
         token is not shown; small hermes models that forget the tags) is all calls."""
-        stripped = self._buf.lstrip(_WS)
+        stripped = self._buf.lstrip(WS)
         if not stripped:
             if len(self._buf) > HELD_WS_LIMIT:
                 self._mode = _Mode.TEXT
@@ -193,15 +201,15 @@ class ToolCallParser:
         buf = self._buf
         at = buf.find(opener, self._scan_from)
         if at >= 0:
-            self._content(events, buf[:at].rstrip(_WS))  # spacing before a call is dropped
+            self._content(events, buf[:at].rstrip(WS))  # spacing before a call is dropped
             hermes = self.fmt is ToolFormat.HERMES
             self._buf = buf[at + len(opener):] if hermes else buf[at:]
             self._scan_from = 0
             self._enter(_Mode.HEAD if hermes else _Mode.REST)
             return True
-        keep = _partial_suffix(buf, opener)
+        keep = partial_suffix(buf, opener)
         cut = len(buf) - keep
-        ws_start = len(buf[:cut].rstrip(_WS))
+        ws_start = len(buf[:cut].rstrip(WS))
         if cut - ws_start <= HELD_WS_LIMIT:
             cut = ws_start
         self._content(events, buf[:cut])
@@ -210,7 +218,7 @@ class ToolCallParser:
         return False
 
     def _head(self, events: list[Event]) -> bool:
-        result = _parse_head(self._buf)
+        result = parse_head(self._buf)
         if result is None:  # need more text
             if len(self._buf) > HEAD_LIMIT:
                 self._enter(_Mode.BLOCK)
@@ -227,7 +235,7 @@ class ToolCallParser:
         events.append(CallStart(index, self.calls[-1].id, name))
         self._after_call = True
         self._buf = self._buf[end:]
-        self._scanner = _ValueScanner()
+        self._scanner = ValueScanner()
         self._mode = _Mode.ARGS
         return True
 
@@ -267,7 +275,7 @@ class ToolCallParser:
 
     def _block(self, events: list[Event], body: str, *, closed: bool) -> None:
         """A hermes call read whole: a call if it parses, else its text is content."""
-        call = _call_from(_loads(body))
+        call = call_from(loads(body))
         if call is not None and call[0] in self.names:
             self._emit_call(events, *call)
         else:
@@ -275,10 +283,10 @@ class ToolCallParser:
 
     def _rest(self, events: list[Event], text: str) -> None:
         """The rest of the reply is calls; if any fails, all of it is content."""
-        body = text.lstrip(_WS)
+        body = text.lstrip(WS)
         if self.fmt is ToolFormat.MISTRAL:
             body = body.removeprefix("[TOOL_CALLS]")
-        calls = _calls_in(body)
+        calls = calls_in(body)
         if calls and all(name in self.names for name, _ in calls):
             for name, arguments in calls:
                 self._emit_call(events, name, arguments)
@@ -295,7 +303,7 @@ class ToolCallParser:
 
     def _content(self, events: list[Event], text: str) -> None:
         if self._after_call:  # spacing between a call and what follows it is dropped
-            text = text.lstrip(_WS)
+            text = text.lstrip(WS)
             self._after_call = not text
         if text:
             if events and isinstance(events[-1], Content):
@@ -315,183 +323,6 @@ def parse_tool_calls(text: str, fmt: ToolFormat, names: Iterable[str]) -> Parsed
     parser = ToolCallParser(fmt, frozenset(names))
     events = parser.feed(text) + parser.finish()
     content = "".join(e.text for e in events if isinstance(e, Content))
-    if parser.calls and not content.strip(_WS):
+    if parser.calls and not content.strip(WS):
         return ParsedOutput(None, parser.calls)
     return ParsedOutput(content, parser.calls)
-
-
-# --- scanners -----------------------------------------------------------------------------------
-
-def _partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest end of `text` that is a proper start of `marker`."""
-    for size in range(min(len(marker) - 1, len(text)), 0, -1):
-        if marker.startswith(text[-size:]):
-            return size
-    return 0
-
-
-def _skip_ws(text: str, i: int) -> int:
-    while i < len(text) and text[i] in _WS:
-        i += 1
-    return i
-
-
-def _parse_head(text: str) -> tuple[str, int] | bool | None:
-    """Reads `{"name": "<name>", "arguments":` (or "parameters") at the start of `text`.
-    Returns (name, index after the colon and spaces), None if more text is needed, False if
-    the text takes another shape."""
-    i = _skip_ws(text, 0)
-    name = None
-    for expect in ("{", "name", ":", "NAME", ",", "arguments", ":"):
-        i = _skip_ws(text, i)
-        if i >= len(text):
-            return None
-        if expect in "{:,":
-            if text[i] != expect:
-                return False
-            i += 1
-            continue
-        end = _string_end(text, i)
-        if end is None:
-            return None if len(text) - i < HEAD_LIMIT else False
-        if end is False:
-            return False
-        try:
-            value = json.loads(text[i:end])
-        except ValueError:
-            return False
-        if expect == "NAME":
-            name = value
-        elif value != expect and not (expect == "arguments" and value == "parameters"):
-            return False
-        i = end
-    i = _skip_ws(text, i)
-    if i >= len(text):
-        return None
-    return (name, i) if isinstance(name, str) else False
-
-
-def _string_end(text: str, i: int) -> int | bool | None:
-    """Index after the JSON string starting at text[i]; None if unfinished, False if none."""
-    if text[i] != '"':
-        return False
-    j = i + 1
-    while j < len(text):
-        ch = text[j]
-        if ch == "\\":
-            j += 2
-            continue
-        if ch == '"':
-            return j + 1
-        j += 1
-    return None
-
-
-class _ValueScanner:
-    """Finds where one JSON value ends, fed in pieces, one pass over each character. Objects
-    and arrays stream through as they come; a string value (arguments sent as a JSON string)
-    is held until it ends and then decoded."""
-
-    def __init__(self) -> None:
-        self.kind = ""
-        self.depth = 0
-        self.in_string = False
-        self.escaped = False
-        self.done = False
-        self._held = ""
-
-    def feed(self, text: str) -> tuple[int, str]:
-        """Consumes text up to the end of the value: (characters used, arguments text)."""
-        i = 0
-        if not self.kind:
-            i = _skip_ws(text, 0)
-            if i == len(text):
-                return i, ""
-            self.kind = text[i]
-        start = i
-        while i < len(text) and not self.done:
-            self._scan(text[i])
-            i += 1
-            if self.kind not in '{["' and self.done:
-                i -= 1  # the delimiter that ended a bare value is not part of it
-        piece = text[start:i]
-        if self.kind == '"':
-            self._held += piece
-            if not self.done:
-                return i, ""
-            decoded = _loads(self._held)
-            return i, decoded if isinstance(decoded, str) else self._held
-        if self.kind not in "{[":
-            self._held += piece
-            return i, self._held if self.done else ""
-        return i, piece
-
-    def pending(self) -> str:
-        return "" if self.kind in "{[" else self._held
-
-    def _scan(self, ch: str) -> None:
-        if self.in_string:
-            if self.escaped:
-                self.escaped = False
-            elif ch == "\\":
-                self.escaped = True
-            elif ch == '"':
-                self.in_string = False
-                if self.depth == 0:
-                    self.done = True
-            return
-        if self.kind not in '{["':
-            if ch in _WS or ch in ",}]":
-                self.done = True
-            return
-        if ch == '"':
-            self.in_string = True
-        elif ch in "{[":
-            self.depth += 1
-        elif ch in "}]":
-            self.depth -= 1
-            if self.depth == 0:
-                self.done = True
-
-
-def _loads(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-
-
-def _call_from(value: Any) -> tuple[str, str] | None:
-    """(name, arguments JSON) from a parsed {"name": …, "arguments"|"parameters": …}."""
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-        return None
-    arguments = value.get("arguments", value.get("parameters", {}))
-    if isinstance(arguments, str):
-        if not isinstance(_loads(arguments), dict):
-            return None
-        return value["name"], arguments
-    if not isinstance(arguments, dict):
-        return None
-    return value["name"], json.dumps(arguments, ensure_ascii=False)
-
-
-def _calls_in(text: str) -> list[tuple[str, str]] | None:
-    """All calls in a llama3/mistral reply: JSON objects (or arrays of them) separated by
-    whitespace or ';'. None if anything else is there."""
-    decoder = json.JSONDecoder()
-    calls: list[tuple[str, str]] = []
-    i = _skip_ws(text, 0)
-    while i < len(text):
-        try:
-            value, i = decoder.raw_decode(text, i)
-        except (ValueError, RecursionError):
-            return None
-        for item in value if isinstance(value, list) else [value]:
-            call = _call_from(item)
-            if call is None:
-                return None
-            calls.append(call)
-        i = _skip_ws(text, i)
-        if i < len(text) and text[i] == ";":
-            i = _skip_ws(text, i + 1)
-    return calls or None

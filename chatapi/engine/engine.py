@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import replace
 
 from chatapi.engine.runner import Row, Runner, RunnerError, Sampler, SamplerError
 from chatapi.engine.sampling import SamplingParams, TokenLogprob
-from chatapi.engine.scheduler import QueueFullError, Scheduler, Step
+from chatapi.engine.scheduler import PrefillChunk, QueueFullError, Scheduler, Step
 from chatapi.engine.sequence import SeqOutput, Sequence, SequenceGroup, Status
+from chatapi.engine.speculative import PromptLookup, StepCost, choose_draft_len
 
 log = logging.getLogger("chatapi.engine")
 
@@ -28,12 +30,14 @@ class EngineDeadError(RuntimeError):
 
 class AsyncEngine:
     def __init__(self, runner: Runner, *, num_slots: int, max_queue: int,
-                 prefix_cache: bool = True, prefix_align: int = 1) -> None:
+                 prefix_cache: bool = True, prefix_align: int = 1,
+                 step_tokens: int | None = None, spec_draft: int = 0) -> None:
         self.runner = runner
         self.num_slots = num_slots
         self.max_queue = max_queue
         self.scheduler = Scheduler(num_slots, runner.config.batch_size, max_waiting=1 << 30,
-                                   prefix_align=prefix_align, prefix_cache=prefix_cache)
+                                   prefix_align=prefix_align, prefix_cache=prefix_cache,
+                                   step_tokens=step_tokens)
         self._inbox: deque[tuple[str, SequenceGroup]] = deque()
         self._wakeup = threading.Condition()
         self._samplers: dict[int, Sampler] = {}
@@ -43,6 +47,12 @@ class AsyncEngine:
         self.in_flight = 0  # sequences accepted and not yet finished (event-loop side)
         self.steps = 0
         self.on_step: Callable[[int, int], None] | None = None  # (rows decoded, running)
+        # prompt-lookup speculative decoding (chatapi.engine.speculative); 0 = off
+        self.spec_draft = max(0, min(spec_draft, runner.config.max_draft))
+        self._lookups: dict[int, PromptLookup] = {}
+        self._step_cost = StepCost()
+        self.spec_proposed = 0  # draft tokens verified
+        self.spec_accepted = 0  # of those, kept
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -129,77 +139,160 @@ class AsyncEngine:
                 self._free_samplers(group.seqs)
 
     def _execute(self, step: Step) -> None:
+        for slot, keep in step.trims:
+            self.runner.trim_slot(slot, keep)
+        if step.decode:  # the running streams first: their tokens leave before any prefill
+            self._run_part(step.decode, lambda outputs: self._decode(step.decode, outputs))
+        for chunks in _shared_calls(step.prefills):
+            self._run_part([s for chunk in chunks for s in chunk.seq.group.seqs],
+                           lambda outputs, chunks=chunks: self._prefill(chunks, outputs))
+
+    def _run_part(self, seqs: list[Sequence],
+                  work: Callable[[dict[SequenceGroup, list[SeqOutput]]], None]) -> None:
+        """Run one llama_decode's worth of the step and hand its outputs over at once; a
+        failed decode ends the sequences it held, and only those."""
         outputs: dict[SequenceGroup, list[SeqOutput]] = defaultdict(list)
-        seqs = [step.prefill.seq] if step.prefill else step.decode
         try:
-            for slot, keep in step.trims:
-                self.runner.trim_slot(slot, keep)
-            if step.prefill:
-                self._prefill(step, outputs)
-            elif step.decode:
-                self._decode(step.decode, outputs)
-        except RunnerError as exc:
-            log.error("step failed: %s", exc)
+            work(outputs)
+        except Exception as exc:  # noqa: BLE001 - the other requests must go on
+            if isinstance(exc, RunnerError):
+                log.error("step failed: %s", exc)
+            else:
+                log.exception("step failed")
+                exc = RuntimeError(f"internal error in the engine step: {exc}")
             for seq in seqs:
-                for s in seq.group.seqs if step.prefill else [seq]:
-                    if not s.is_finished:
-                        self._finish(s, None)
-                        outputs[s.group].append(self._output(s, "", [], error=str(exc)))
+                if not seq.is_finished:
+                    self._finish(seq, None)
+                    outputs[seq.group].append(self._output(seq, "", [], error=str(exc)))
         for group, outs in outputs.items():
             group.on_output(outs)
 
-    def _prefill(self, step: Step, outputs: dict[SequenceGroup, list[SeqOutput]]) -> None:
-        chunk = step.prefill
-        seq = chunk.seq
-        scored = seq.params.prompt_logprobs is not None  # every prompt row's logits are needed
-        rows = [Row(tok, chunk.start + i, seq.slot, scored)
-                for i, tok in enumerate(chunk.tokens)]
-        if chunk.is_last:
-            rows[-1] = replace(rows[-1], logits=True)
+    def _prefill(self, chunks: list[PrefillChunk],
+                 outputs: dict[SequenceGroup, list[SeqOutput]]) -> None:
+        """Prompt chunks of one length, in one llama_decode."""
+        rows: list[Row] = []
+        starts = []
+        for chunk in chunks:
+            seq = chunk.seq
+            scored = seq.params.prompt_logprobs is not None  # every prompt row is scored
+            starts.append(len(rows))
+            rows += [Row(tok, chunk.start + i, seq.slot, scored)
+                     for i, tok in enumerate(chunk.tokens)]
+            if chunk.is_last:
+                rows[-1] = replace(rows[-1], logits=True)
         self.runner.decode(rows)
-        if scored:
-            self._score_prompt(seq, chunk.start, chunk.end)
-        seq.num_computed = chunk.end
-        if not chunk.is_last:
-            return
-        for fork in seq.group.forks:
-            self.runner.copy_slot(seq.slot, fork.slot)
-            fork.num_computed = fork.num_prompt_tokens
-        for s in seq.group.seqs:
-            self._sample(s, len(rows) - 1, outputs)
+        for chunk, first_row in zip(chunks, starts, strict=True):
+            seq = chunk.seq
+            if seq.params.prompt_logprobs is not None:
+                self._score_prompt(seq, chunk.start, chunk.end, first_row)
+            seq.num_computed = chunk.end
+            if not chunk.is_last:
+                continue
+            for fork in seq.group.forks:
+                self.runner.copy_slot(seq.slot, fork.slot)
+                fork.num_computed = fork.num_prompt_tokens
+            for s in seq.group.seqs:
+                self._sample(s, first_row + chunk.end - chunk.start - 1, outputs)
 
     def _decode(self, seqs: list[Sequence], outputs: dict[SequenceGroup, list[SeqOutput]]
                 ) -> None:
         seqs = sorted(seqs, key=lambda s: s.slot)  # consecutive slots share one ubatch
-        rows = [Row(s.last_token, s.position, s.slot, True) for s in seqs]
+        drafts, guesses = self._drafts(seqs)
+        width = 1 + len(drafts[0][0])  # rows per sequence, the same for all
+        rows = []
+        for seq, (draft, _) in zip(seqs, drafts, strict=True):
+            rows.append(Row(seq.last_token, seq.position, seq.slot, True))
+            rows += [Row(tok, seq.position + 1 + j, seq.slot, True)
+                     for j, tok in enumerate(draft)]
+        started = time.perf_counter()
         self.runner.decode(rows)
-        for i, seq in enumerate(seqs):
-            self._sample(seq, i, outputs)
+        if self.spec_draft:  # the draft-width choice runs on measured step costs
+            self._step_cost.observe(len(rows), time.perf_counter() - started)
+        for i, (seq, (draft, real)) in enumerate(zip(seqs, drafts, strict=True)):
+            lookup = self._lookups.get(seq.seq_id)  # taken first: a finished sequence drops it
+            produced = seq.num_completion_tokens
+            kept = self._verify(seq, draft, i * width, outputs)
+            if real:  # padding rows are not drafts: they count for nothing
+                if lookup is not None:
+                    lookup.record(real, min(kept, real))
+                self.spec_proposed += real
+                self.spec_accepted += min(kept, real)
+            elif guesses[i] is not None and lookup is not None \
+                    and seq.num_completion_tokens > produced:
+                # a plain step: would the draft's first token have been kept?
+                lookup.record(1, int(seq.output_tokens[produced] == guesses[i]))
+            if not seq.is_finished and kept < len(draft):
+                # the rejected draft rows left KV past the last accepted token: drop it
+                self.runner.trim_slot(seq.slot, seq.position)
+
+    def _verify(self, seq: Sequence, draft: list[int], base: int,
+                outputs: dict[SequenceGroup, list[SeqOutput]]) -> int:
+        """Sample the sequence's rows in order while the sampler agrees with the draft;
+        returns how many draft tokens were kept."""
+        for j in range(len(draft) + 1):
+            token = self._sample(seq, base + j, outputs)
+            if seq.is_finished or j == len(draft) or token != draft[j]:
+                return j
+        return len(draft)
+
+    def _drafts(self, seqs: list[Sequence]
+                ) -> tuple[list[tuple[list[int], int]], list[int | None]]:
+        """Per sequence (draft tokens padded to one common length, real draft length), no
+        draft tokens at all when this step decodes plainly; and, for a plain step, each
+        sequence's would-be first draft token (None where it has none), checked afterwards
+        against the token sampled."""
+        plain: list[tuple[list[int], int]] = [([], 0)] * len(seqs)
+        if not self.spec_draft:
+            return plain, [None] * len(seqs)
+        found = []
+        for seq in seqs:
+            lookup = self._lookups.get(seq.seq_id)
+            if lookup is None:
+                lookup = self._lookups[seq.seq_id] = PromptLookup(
+                    seq.prompt_tokens + seq.output_tokens)
+            room = min(self.spec_draft, seq.params.max_tokens - seq.num_completion_tokens - 1,
+                       self.runner.config.ctx_size - seq.position - 2)
+            found.append((lookup.draft(room) if room > 0 else [], lookup.acceptance))
+        width = choose_draft_len([(len(d), rate) for d, rate in found], self.spec_draft,
+                                 self._step_cost)
+        if not width or any(s.position + width >= self.runner.config.ctx_size for s in seqs):
+            return plain, [draft[0] if draft else None for draft, _ in found]
+        drafts = []
+        for (draft, _), seq in zip(found, seqs, strict=True):
+            real = min(len(draft), width)
+            pad = [draft[-1] if draft else seq.last_token] * (width - real)
+            drafts.append((draft[:real] + pad, real))
+        return drafts, [None] * len(seqs)
 
     def _sample(self, seq: Sequence, row: int,
-                outputs: dict[SequenceGroup, list[SeqOutput]]) -> None:
+                outputs: dict[SequenceGroup, list[SeqOutput]]) -> int | None:
         try:
             token = self.runner.sample(self._sampler(seq), row)
         except SamplerError as exc:  # this sequence's grammar is stuck: it ends alone
             self._finish(seq, None)
             outputs[seq.group].append(self._output(seq, "", [], error=str(exc)))
-            return
+            return None
         top = seq.params.logprobs
         logprob = None if top is None else self.runner.logprobs(row, token, top)
         self._append(seq, token, logprob, outputs)
+        return token
 
-    def _score_prompt(self, seq: Sequence, start: int, end: int) -> None:
-        """Log-probabilities of the prompt tokens that rows start..end-1 predict."""
+    def _score_prompt(self, seq: Sequence, start: int, end: int, first_row: int) -> None:
+        """Log-probabilities of the prompt tokens that positions start..end-1 predict (batch
+        rows from first_row on)."""
         top = seq.params.prompt_logprobs or 0
         if seq.prompt_logprobs is None:  # the first token (and any reused prefix) has none
             seq.prompt_logprobs = [None] * (start + 1)
         scores = seq.prompt_logprobs
         for i, target in enumerate(seq.prompt_tokens[start + 1:end + 1]):
-            scores.append(self.runner.logprobs(i, target, top))
+            scores.append(self.runner.logprobs(first_row + i, target, top))
 
     def _append(self, seq: Sequence, token: int, logprob: TokenLogprob | None,
                 outputs: dict[SequenceGroup, list[SeqOutput]]) -> None:
         seq.output_tokens.append(token)
+        lookup = self._lookups.get(seq.seq_id)
+        if lookup is not None:
+            lookup.append(token)
         detok = seq.detokenizer
         finish = None
         if self.runner.is_eog(token):
@@ -241,6 +334,7 @@ class AsyncEngine:
 
     def _free_samplers(self, seqs: list[Sequence]) -> None:
         for seq in seqs:
+            self._lookups.pop(seq.seq_id, None)
             sampler = self._samplers.pop(seq.seq_id, None)
             if sampler is not None:
                 sampler.free()
@@ -251,6 +345,16 @@ class AsyncEngine:
         groups.update(g for action, g in self._inbox if action == "add")
         for group in groups:
             group.on_output([SeqOutput(s.index, "", [], error=message) for s in group.seqs])
+
+
+def _shared_calls(chunks: list[PrefillChunk]) -> list[list[PrefillChunk]]:
+    """Chunks grouped by length, each group in slot order: llama.cpp puts sequences with the
+    same number of tokens and consecutive ids in one ubatch. Scored chunks go alone."""
+    groups: dict[object, list[PrefillChunk]] = defaultdict(list)
+    for chunk in chunks:
+        alone = chunk.seq.params.prompt_logprobs is not None
+        groups[chunk.seq if alone else chunk.end - chunk.start].append(chunk)
+    return [sorted(group, key=lambda c: c.seq.slot) for group in groups.values()]
 
 
 class GenerationStream:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
+
+from chatapi.engine.gbnf_ranges import alt, int_range, repeat
 
 MAX_DEPTH = 32  # schema nesting
 MAX_REPEAT = 1000  # minItems/maxItems/minLength/maxLength: llama.cpp expands repetitions
@@ -85,11 +86,6 @@ def literal(text: str) -> str:
         else:
             out.append(ch)
     return '"' + "".join(out) + '"'
-
-
-def _alt(options: Iterable[str]) -> str:
-    options = list(dict.fromkeys(options))
-    return options[0] if len(options) == 1 else "(" + " | ".join(options) + ")"
 
 
 class GrammarBuilder:
@@ -167,7 +163,7 @@ class GrammarBuilder:
             values = schema["enum"]
             if not isinstance(values, list) or not values:
                 raise SchemaError("'enum' must be a non-empty array", path)
-            return self.rule(hint, _alt(self._json_literal(v) for v in values))
+            return self.rule(hint, alt(self._json_literal(v) for v in values))
         for key in ("anyOf", "oneOf"):  # oneOf is generated as anyOf: exclusivity is not checked
             if key in schema:
                 return self._any_of(schema, key, path, hint, depth)
@@ -206,7 +202,7 @@ class GrammarBuilder:
         rest = {k: v for k, v in schema.items() if k != key}
         alts = [self._visit(_merge(rest, option), f"{path}.{key}[{i}]", f"{hint}-{i}", depth + 1)
                 for i, option in enumerate(options)]
-        return self.rule(hint, _alt(alts))
+        return self.rule(hint, alt(alts))
 
     def _typed(self, schema: dict, path: str, hint: str, depth: int) -> str:
         kind = schema.get("type", _infer_type(schema))
@@ -217,7 +213,7 @@ class GrammarBuilder:
                 raise SchemaError("'type' must not be an empty array", path)
             alts = [self._typed({**schema, "type": k, "nullable": False}, path, f"{hint}-{k}",
                                 depth) for k in kind]
-            return self.rule(hint, _alt(alts))
+            return self.rule(hint, alt(alts))
         if kind is None:
             return self.primitive("json-value")
         if kind == "object":
@@ -307,7 +303,7 @@ class GrammarBuilder:
                 raise SchemaError("'items' false with minItems > 0 allows no value", path)
             return self.rule(hint, '"[" ws "]"')
         item = self._visit(items, f"{path}.items", f"{hint}-item", depth + 1)
-        more = f'( ws "," ws {item} )' + _repeat(max(low - 1, 0),
+        more = f'( ws "," ws {item} )' + repeat(max(low - 1, 0),
                                                  None if high is None else high - 1)
         elements = f"{item} {more}"
         if low == 0:
@@ -321,7 +317,7 @@ class GrammarBuilder:
         low, high = _count_bounds(schema, "minLength", "maxLength", path)
         if low == 0 and high is None:
             return self.primitive("json-string")
-        return self.rule(hint, f'"\\"" {self.primitive("json-char")}{_repeat(low, high)} "\\""')
+        return self.rule(hint, f'"\\"" {self.primitive("json-char")}{repeat(low, high)} "\\""')
 
     def _integer(self, schema: dict, path: str, hint: str) -> str:
         low, high = _integer_bounds(schema, path)
@@ -332,7 +328,7 @@ class GrammarBuilder:
         high = limit if high is None else high
         if low > high:
             raise SchemaError(f"no integer lies between {low} and {high}", path)
-        return self.rule(hint, _alt(_int_range(low, high)))
+        return self.rule(hint, alt(int_range(low, high)))
 
     def _number(self, schema: dict, path: str) -> str:
         for key in ("maximum", "exclusiveMinimum", "exclusiveMaximum"):
@@ -414,68 +410,6 @@ def _integer_bounds(schema: dict, path: str) -> tuple[int | None, int | None]:
             bound = int(value) - 1 if exclusive and value == int(value) else int(value // 1)
             high = bound if high is None else min(high, bound)
     return low, high
-
-
-def _repeat(low: int, high: int | None) -> str:
-    if high is None:
-        return "*" if low == 0 else ("+" if low == 1 else f"{{{low},}}")
-    if (low, high) == (0, 1):
-        return "?"
-    return f"{{{low}}}" if low == high else f"{{{low},{high}}}"
-
-
-def _int_range(low: int, high: int) -> list[str]:
-    """GBNF alternatives matching exactly the integers low..high (no leading zeros)."""
-    out = []
-    if low < 0:
-        negative = _uint_range(max(1, -high), -low) if high < 0 else _uint_range(1, -low)
-        out.append('"-" ' + _alt(negative))
-    if high >= 0:
-        out += _uint_range(max(low, 0), high)
-    return out
-
-
-def _uint_range(low: int, high: int) -> list[str]:
-    out = []
-    start = low
-    while start <= high:
-        digits = len(str(start))
-        top = min(high, 10 ** digits - 1)
-        out += _same_length(str(start), str(top))
-        start = top + 1
-    return out
-
-
-def _digits(low: str, high: str) -> str:
-    return f'"{low}"' if low == high else f"[{low}-{high}]"
-
-
-def _same_length(low: str, high: str) -> list[str]:
-    """Digit strings of equal length from low to high (both included)."""
-    common = 0
-    while common < len(low) and low[common] == high[common]:
-        common += 1
-    if common == len(low):
-        return [f'"{low}"']
-    head = f'"{low[:common]}" ' if common else ""
-    low, high = low[common:], high[common:]
-    rest = len(low) - 1
-    if rest == 0:
-        return [head + _digits(low, high)]
-    tail = f" [0-9]{{{rest}}}"
-    out = []
-    first = int(low[0])
-    if low[1:] != "0" * rest:
-        out += [f'{head}"{low[0]}" {x}' for x in _same_length(low[1:], "9" * rest)]
-        first += 1
-    last = int(high[0])
-    closing = []
-    if high[1:] != "9" * rest:
-        closing = [f'{head}"{high[0]}" {x}' for x in _same_length("0" * rest, high[1:])]
-        last -= 1
-    if first <= last:
-        out.append(head + _digits(str(first), str(last)) + tail)
-    return out + closing
 
 
 @lru_cache(maxsize=256)

@@ -1,14 +1,24 @@
 """Scheduler: which sequences run in the next engine step. Pure Python, no llama_cpp import.
 
 Admission is first-come first-served: a request waits until enough slots are free for all of
-its choices, and no later request jumps ahead of it. Each prompt is prefilled alone, in chunks
-whose boundaries are multiples of the chunk size in absolute positions (so greedy output does not
-depend on what else is running, nor on how much of the prompt came from the prefix cache);
-decode rows of all running sequences share one step.
+its choices, and no later request jumps ahead of it. Every step decodes one row for each running
+sequence and, beside them, prefills up to `step_tokens` prompt tokens (times the number of
+waiting prompts per decoding sequence, and a whole `chunk_size` when none is decoding), so a
+long prompt is read a little per step instead of freezing the streams. Prompt chunks of one
+length share a llama_decode; decode rows have their own.
+
+Exactness: llama.cpp computes a ubatch of fewer than about 8 tokens of one sequence on another
+kernel path than a longer one (measured: logits differ by up to 0.3); from 8 tokens on, the
+numbers do not depend on where the chunks end. So no chunk is shorter than MIN_CHUNK unless
+the whole prompt is, and a prompt's logits (so its first token) do not depend on the load, on
+prompts read beside it or on the prefix cache. (This needs llama.cpp's weight repacking off,
+chatapi's default: repacked GEMM rounds a row by its place in the batch; see use_repack.)
+Decode rows are another matter: beside batch mates of other lengths, a sequence's one-token
+rows are not computed bit for bit as alone.
 
 Prefix cache: a finished sequence leaves its KV in its slot. A new request takes the free slot
-whose cached tokens share the longest prefix with its prompt, and only the rest is prefilled;
-with no useful match it takes the lowest-numbered free slot (see `_best_slot`).
+whose cached prompt tokens share the longest prefix with its prompt, and only the rest is
+prefilled; with no useful match it takes the lowest-numbered free slot (see `_best_slot`).
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from chatapi.engine.sequence import Sequence, SequenceGroup, Status
+
+MIN_CHUNK = 8  # fewest prompt tokens in one chunk (see the module docstring)
 
 
 class QueueFullError(RuntimeError):
@@ -40,7 +52,7 @@ class PrefillChunk:
 
 @dataclass
 class Step:
-    prefill: PrefillChunk | None = None
+    prefills: list[PrefillChunk] = field(default_factory=list)
     decode: list[Sequence] = field(default_factory=list)
     # KV to drop before running: (slot, keep) keeps the first `keep` cached tokens of the slot
     trims: list[tuple[int, int]] = field(default_factory=list)
@@ -48,9 +60,11 @@ class Step:
 
 class Scheduler:
     def __init__(self, num_slots: int, chunk_size: int, max_waiting: int,
-                 prefix_align: int = 1, prefix_cache: bool = True) -> None:
+                 prefix_align: int = 1, prefix_cache: bool = True,
+                 step_tokens: int | None = None) -> None:
         self.num_slots = num_slots
-        self.chunk_size = chunk_size
+        self.chunk_size = max(chunk_size, 2 * MIN_CHUNK)
+        self.step_tokens = max(step_tokens or chunk_size, 2 * MIN_CHUNK)
         self.max_waiting = max_waiting
         self.prefix_align = max(1, prefix_align)
         self.prefix_cache = prefix_cache
@@ -58,7 +72,6 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.free_slots: list[int] = list(range(num_slots))
         self.cached: dict[int, list[int]] = {}  # free slot -> tokens whose KV it still holds
-        self._last_step_prefilled = False
         self._trims: list[tuple[int, int]] = []
 
     @property
@@ -80,19 +93,57 @@ class Scheduler:
         """The work of the next step, or None when there is nothing to run."""
         self._admit()
         trims, self._trims = self._trims, []
-        prefilling = [s for s in self.running if s.is_prefilling and not _is_fork(s)]
         decoding = [s for s in self.running if not s.is_prefilling]
-        # Alternate prefill and decode steps so a new prompt neither waits nor freezes streams.
-        if prefilling and not (decoding and self._last_step_prefilled):
-            self._last_step_prefilled = True
-            seq = prefilling[0]
-            start = seq.num_computed
-            end = min((start // self.chunk_size + 1) * self.chunk_size, seq.num_prompt_tokens)
-            return Step(prefill=PrefillChunk(seq, start, end), trims=trims)
-        self._last_step_prefilled = False
-        if decoding or trims:
-            return Step(decode=decoding, trims=trims)
+        prefilling = [s for s in self.running if s.is_prefilling and not _is_fork(s)]
+        # step_tokens per step and per prompt waiting for each decoding stream: one long prompt
+        # barely slows eight streams, and a burst of prompts behind one stream is not read
+        # one per step (every waiting client waits for its first token)
+        share = -(-len(prefilling) // max(1, len(decoding)))
+        budget = min(self.step_tokens * share, self.chunk_size) if decoding else self.chunk_size
+        chunks = self._plan(prefilling, budget) if prefilling else []
+        if chunks or decoding or trims:
+            return Step(prefills=chunks, decode=decoding, trims=trims)
         return None
+
+    def _plan(self, prefilling: list[Sequence], budget: int) -> list[PrefillChunk]:
+        """This step's prompt chunks. The first waiting prompt always moves on. Prompts that
+        can take chunks of one common length share a llama_decode (one ubatch reads the
+        weights once for all: 16 prompts of 32 tokens took 2.0 s together, 2.7 s one by
+        one); the common length is picked to read the most tokens within the budget."""
+        first = prefilling[0]
+        best: list[PrefillChunk] = [self._chunk(first, budget)]
+        if len(prefilling) > 1:
+            for length in self._common_lengths(prefilling, budget):
+                fits = [s for s in prefilling if _can_take(s, length)][:budget // length]
+                if first in fits and length * len(fits) > _size(best):
+                    best = [PrefillChunk(s, s.num_computed, s.num_computed + length)
+                            for s in fits]
+        budget -= _size(best)
+        for seq in prefilling:  # others, each alone, while the budget lasts
+            if budget < 2 * MIN_CHUNK:
+                break
+            if all(chunk.seq is not seq for chunk in best):
+                best.append(self._chunk(seq, budget))
+                budget -= best[-1].end - best[-1].start
+        return best
+
+    def _common_lengths(self, seqs: list[Sequence], budget: int) -> set[int]:
+        """Chunk lengths worth trying for several prompts at once: each one's natural chunk,
+        and the shortest remainder less MIN_CHUNK (which every longer prompt can take)."""
+        left = [s.num_prompt_tokens - s.num_computed for s in seqs]
+        lengths = {self._chunk(s, budget).end - s.num_computed for s in seqs}
+        lengths.add(min(min(left) - MIN_CHUNK, budget))
+        return {n for n in lengths if MIN_CHUNK <= n <= budget}
+
+    def _chunk(self, seq: Sequence, budget: int) -> PrefillChunk:
+        """The next chunk of a prompt: at most `budget` tokens (the rest of the prompt if that
+        fits; a budget is never below 2 * MIN_CHUNK), never leaving a tail shorter than
+        MIN_CHUNK."""
+        start, total = seq.num_computed, seq.num_prompt_tokens
+        end = min(total, start + budget)
+        if 0 < total - end < MIN_CHUNK:
+            end = total - MIN_CHUNK
+        return PrefillChunk(seq, start, end)
 
     def finish(self, seq: Sequence, status: Status = Status.FINISHED) -> int:
         """Take a sequence out of the running set; its slot keeps the sequence's KV as a
@@ -110,11 +161,11 @@ class Scheduler:
 
     def _reusable(self, seq: Sequence) -> list[int]:
         """Tokens of a finished sequence whose KV a later prompt may reuse exactly."""
-        if self.prefix_align > 1:
-            # Only prompt tokens prefilled in whole aligned chunks reproduce bit for bit.
-            return seq.prompt_tokens[:min(seq.num_computed, seq.num_prompt_tokens)]
-        decoded = seq.output_tokens[:-1] if seq.num_computed >= seq.num_prompt_tokens else []
-        return seq.prompt_tokens[:seq.num_computed] + decoded
+        # Only prompt tokens: a decoded token's KV comes from a one-token ubatch, whose numbers
+        # differ from a prompt chunk's, so reusing it would change the text of the follow-up.
+        if seq.num_prompt_tokens < MIN_CHUNK:
+            return []
+        return seq.prompt_tokens[:min(seq.num_computed, seq.num_prompt_tokens)]
 
     def abort(self, group: SequenceGroup) -> list[int]:
         """Drop a request wherever it is; returns the slots whose KV must be cleared."""
@@ -148,17 +199,17 @@ class Scheduler:
         if self.prefix_cache:
             for slot in self.free_slots:
                 common = _common_prefix(self.cached.get(slot, ()), prompt)
-                # keep at least one prompt token to prefill: it yields the first logits
-                usable = min(common, len(prompt) - 1) // self.prefix_align * self.prefix_align
+                # leave at least one whole chunk to prefill: it yields the first logits
+                usable = min(common, len(prompt) - MIN_CHUNK)
+                usable = usable // self.prefix_align * self.prefix_align
                 if usable > best:
                     best_slot, best = slot, usable
         return best_slot, best
 
     def _take(self, seq: Sequence, slot: int, reuse: int) -> None:
         self.free_slots.remove(slot)
-        cached = len(self.cached.pop(slot, ()))
-        if cached > reuse or not self.prefix_cache:
-            self._trims.append((slot, reuse))
+        self.cached.pop(slot, None)
+        self._trims.append((slot, reuse))  # the slot's KV may hold more than its offered tokens
         seq.slot = slot
         seq.num_computed = seq.num_cached = reuse
         seq.status = Status.RUNNING
@@ -175,6 +226,18 @@ def _common_prefix(a: list[int] | tuple, b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def _can_take(seq: Sequence, length: int) -> bool:
+    """Whether a chunk of `length` tokens is the rest of the prompt or leaves a whole chunk
+    (no prompt is ever left with a tail shorter than MIN_CHUNK); prompt_logprobs are scored
+    chunk by chunk and take no part in shared chunks."""
+    left = seq.num_prompt_tokens - seq.num_computed
+    return seq.params.prompt_logprobs is None and (left == length or left - length >= MIN_CHUNK)
+
+
+def _size(chunks: list[PrefillChunk]) -> int:
+    return sum(chunk.end - chunk.start for chunk in chunks)
 
 
 def _is_fork(seq: Sequence) -> bool:

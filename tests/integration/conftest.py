@@ -7,21 +7,17 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from .helpers import CTX_SIZE, REQUEST_TIMEOUT_S, running_server, thread_args, wait_idle
+from .helpers import idle_client, temp_server
 
 
 @pytest.fixture(scope="session")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of one `chatapi serve --parallel 8 --ctx-size 2048` subprocess."""
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    args = ["--parallel", "8", "--ctx-size", str(CTX_SIZE), *thread_args()]
-    with running_server(log, *args) as url:
+    with temp_server(tmp_path_factory, "server", "--parallel", "8") as url:
         yield url
 
 
 @pytest.fixture
 def client(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as http:
-        # Each test starts on an idle server, so slot counts and timings are its own.
-        wait_idle(http, timeout=30)
+    with idle_client(base_url) as http:
         yield http

@@ -77,6 +77,15 @@ def running_server(log_path: Path, *extra_args: str) -> Iterator[str]:
         _stop(proc)
 
 
+@contextmanager
+def temp_server(factory: pytest.TempPathFactory, name: str, *extra_args: str) -> Iterator[str]:
+    """A server for a session or module fixture: its log in a fresh temporary directory, the
+    tests' context size and thread count."""
+    log = factory.mktemp(name) / "server.log"
+    with running_server(log, "--ctx-size", str(CTX_SIZE), *extra_args, *thread_args()) as url:
+        yield url
+
+
 def _wait_healthy(proc: subprocess.Popen, base_url: str, log_path: Path) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -217,6 +226,15 @@ def health(client: httpx.Client) -> dict[str, Any]:
     response = client.get("/health")
     assert response.status_code == 200, response.text
     return response.json()
+
+
+@contextmanager
+def idle_client(base_url: str) -> Iterator[httpx.Client]:
+    """An httpx client on base_url, handed out once the server is idle, so that slot counts
+    and timings in the test are its own."""
+    with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as http:
+        wait_idle(http, timeout=30)
+        yield http
 
 
 def wait_idle(client: httpx.Client, timeout: float) -> dict[str, Any]:

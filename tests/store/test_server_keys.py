@@ -107,6 +107,32 @@ def test_model_restricted_key(server: Server, db_url: str) -> None:
         assert refused.status_code == 404
         assert refused.json()["error"]["code"] == "model_not_found"
         assert refused.json()["error"]["param"] == "model"
+    # the key sees only its model in the list, and the others as if they did not exist
+    client = OpenAI(base_url=server.url + "/v1", api_key=secret)
+    assert [m.id for m in client.models.list()] == ["gpt-4"]
+    assert client.models.retrieve("gpt-4").id == "gpt-4"
+    with pytest.raises(openai.NotFoundError) as refused_model:
+        client.models.retrieve("gpt-3.5-turbo")
+    assert refused_model.value.body["code"] == "model_not_found"
+    # an unrestricted key sees every name the server answers to
+    everything, _ = create_key(db_url, "all models")
+    names = [m.id for m in OpenAI(base_url=server.url + "/v1", api_key=everything).models.list()]
+    assert {"gpt-4", "gpt-3.5-turbo"} <= set(names) and len(names) > 2
+
+
+def test_best_of_reserves_tokens_for_every_sequence_generated(server: Server,
+                                                              db_url: str) -> None:
+    # best_of=3 generates (and bills) three sequences of up to 40 tokens: with up to 17 of a
+    # 100-token minute used (refilled at 1.7 a second), 120 do not fit, one sequence's 41 would
+    secret, _ = create_key(db_url, "tpm", tpm=100)
+    body = {"model": "gpt-3.5-turbo", "prompt": "Hi", "temperature": 0}
+    first = post(server, secret, {**body, "max_tokens": 16}, "/v1/completions")
+    assert first.status_code == 200, first.text
+    assert 1 < first.json()["usage"]["total_tokens"] <= 17  # charged; n-based reserving fits
+    refused = post(server, secret, {**body, "max_tokens": 40, "n": 1, "best_of": 3},
+                   "/v1/completions")
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["type"] == "tokens"
 
 
 def test_rpm_5_the_sixth_request_in_the_minute_gets_429(server: Server, db_url: str) -> None:

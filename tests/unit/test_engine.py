@@ -12,7 +12,7 @@ import pytest
 from chatapi.engine.engine import AsyncEngine, EngineDeadError
 from chatapi.engine.runner import Row, RunnerError
 from chatapi.engine.sampling import SamplingParams
-from chatapi.engine.scheduler import QueueFullError
+from chatapi.engine.scheduler import MIN_CHUNK, QueueFullError
 
 EOS = 0
 TEXT = "héllo wörld, 你好!"
@@ -22,6 +22,7 @@ TEXT = "héllo wörld, 你好!"
 class FakeConfig:
     ctx_size: int = 64
     batch_size: int = 8
+    max_draft: int = 0
 
 
 class FakeSampler:
@@ -86,14 +87,15 @@ class FakeRunner:
         pass
 
 
-PROMPT_LEN = 5
-PROMPT = [7] * PROMPT_LEN
+PROMPT_LEN = 20
+PROMPT = [b + 1 for b in TEXT.encode()[:PROMPT_LEN]]  # the answer's start: lookup drafts it
 
 
-async def collect(engine: AsyncEngine, params: list[SamplingParams]) -> dict[int, tuple[str, str]]:
+async def collect(engine: AsyncEngine, params: list[SamplingParams],
+                  prompt: list[int] = PROMPT) -> dict[int, tuple[str, str]]:
     texts: dict[int, list[str]] = {}
     finish: dict[int, str] = {}
-    with engine.generate(PROMPT, params) as stream:
+    with engine.generate(prompt, params) as stream:
         async for outputs in stream:
             for out in outputs:
                 texts.setdefault(out.index, []).append(out.text)
@@ -128,9 +130,11 @@ def test_generates_until_eos_with_intact_utf8(engine) -> None:
     assert result == {0: (TEXT, "stop")}
     assert not eng.scheduler.running
     assert all(s.freed for s in eng.runner.samplers)
-    # the slot keeps prompt + decoded tokens as a cached prefix
+    # the slot keeps its KV; only the prompt tokens are offered for reuse (decoded tokens'
+    # KV comes from one-token ubatches, whose numbers differ from a prompt chunk's)
     (slot, cached), = eng.scheduler.cached.items()
-    assert len(cached) == eng.runner.kv[slot] == PROMPT_LEN + len(TEXT.encode())
+    assert cached == PROMPT
+    assert eng.runner.kv[slot] == PROMPT_LEN + len(TEXT.encode())
 
 
 def test_max_tokens_gives_length(engine) -> None:
@@ -177,8 +181,9 @@ def test_second_request_reuses_the_cached_prompt(engine) -> None:
                 last = outputs[-1]
         return last.cached_tokens
 
-    # all but the last prompt token come from the cache (it must be fed again for logits)
-    assert run(cached_tokens()) == PROMPT_LEN - 1
+    # all but the last chunk of the prompt come from the cache (it must be fed again for the
+    # first logits, and no chunk is shorter than MIN_CHUNK)
+    assert run(cached_tokens()) == PROMPT_LEN - MIN_CHUNK
 
 
 def test_queue_full_is_refused_at_submit(engine) -> None:
@@ -218,3 +223,68 @@ def test_dead_engine_refuses_requests(engine) -> None:
             eng.generate(PROMPT, [SamplingParams(max_tokens=5)])
 
     run(scenario())
+
+
+@pytest.mark.parametrize("choices", [1, 3])
+def test_speculative_drafts_keep_the_text_and_drop_rejected_kv(choices: int) -> None:
+    # The prompt holds the answer's first bytes, so prompt lookup drafts (mostly right) guesses;
+    # the fake model's choice depends only on the position, as a real greedy one would.
+    runner = FakeRunner()
+    runner.config.max_draft = 4
+    trims: list[tuple[int, int]] = []
+    original_trim = runner.trim_slot
+
+    def trim(slot: int, keep: int) -> None:
+        trims.append((slot, keep))
+        original_trim(slot, keep)
+
+    runner.trim_slot = trim
+    eng = AsyncEngine(runner, num_slots=4, max_queue=2, spec_draft=4)
+    eng.start()
+    try:
+        params = [SamplingParams(max_tokens=100, temperature=0)] * choices
+        result = run(collect(eng, params))
+    finally:
+        eng.stop()
+    # several sequences verify their drafts in one batch, each in its own rows
+    assert result == {i: (TEXT, "stop") for i in range(choices)}
+    assert eng.spec_proposed > 0 and 0 < eng.spec_accepted <= eng.spec_proposed
+    assert eng.steps < len(TEXT.encode())  # fewer steps than tokens: drafts were kept
+    # every rejected draft's KV was cut back to the sequence's last accepted token
+    # (the others are the admission's: each slot starts empty)
+    assert all(keep > PROMPT_LEN for _, keep in trims if keep)
+
+
+def test_a_sequence_ending_inside_its_draft_finishes_cleanly() -> None:
+    # The prompt holds the answer's last bytes followed by more text, so the last step drafts
+    # past the end: the model's end token rejects the draft and ends the sequence in mid-verify.
+    # (Its lookup was freed on finishing while the step still counted its draft: engine error.)
+    runner = FakeRunner()
+    runner.config.max_draft = 4
+    prompt = [b + 1 for b in TEXT.encode()[-4:]] + [ord("x") + 1] * (PROMPT_LEN - 4)
+    eng = AsyncEngine(runner, num_slots=4, max_queue=2, spec_draft=4)
+    eng.start()
+    try:
+        result = run(collect(eng, [SamplingParams(max_tokens=100, temperature=0)] * 2, prompt))
+        assert eng.alive
+    finally:
+        eng.stop()
+    assert result == {i: (TEXT, "stop") for i in range(2)}
+    assert eng.spec_proposed > eng.spec_accepted  # the rejected draft past the end was counted
+
+
+def test_plain_steps_test_the_drafts_so_a_sequence_is_drafted_again(monkeypatch) -> None:
+    # Start every sequence as if all its drafts had failed: the cost model then decodes it
+    # plainly, and only the free check of each plain step's would-be draft (right here: the
+    # prompt holds the answer's start) can show that drafting pays again.
+    monkeypatch.setattr("chatapi.engine.speculative.PRIOR_ACCEPTED", 0.0)
+    runner = FakeRunner()
+    runner.config.max_draft = 4
+    eng = AsyncEngine(runner, num_slots=4, max_queue=2, spec_draft=4)
+    eng.start()
+    try:
+        result = run(collect(eng, [SamplingParams(max_tokens=100, temperature=0)]))
+    finally:
+        eng.stop()
+    assert result == {0: (TEXT, "stop")}
+    assert eng.spec_accepted > 0

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from chatapi.engine.gbnf_ranges import int_range
 from chatapi.engine.grammar import (
     SchemaError,
-    _int_range,
     _schema_grammar,
     json_object_grammar,
     schema_grammar,
@@ -34,7 +34,7 @@ def _as_regex(alternatives: list[str]) -> re.Pattern[str]:
     (-5, 5), (-150, -7), (-1000, 0), (123, 4567), (999, 1000), (0, 10 ** 6),
 ])
 def test_integer_range_matches_exactly_its_integers(low: int, high: int) -> None:
-    pattern = _as_regex(_int_range(low, high))
+    pattern = _as_regex(int_range(low, high))
     window = range(min(low, 0) - 30, max(high, 0) + 30)
     samples = set(window) | {low, high, low - 1, high + 1} | set(range(low, high + 1, 997))
     for n in samples:

@@ -20,8 +20,9 @@ async def create_completion(request: Request) -> Response:
     req = parse_request(CompletionRequest, await request.body())
     token_lists, texts, max_tokens = await prepare_completion(state, req)
     n = req.n or 1
+    generated = max(req.best_of or n, n)  # best_of sequences are generated (and billed)
     await admit(request, req.model,  # key: model, limits
-                sum(map(len, token_lists)) + len(token_lists) * n * max_tokens)
+                sum(map(len, token_lists)) + len(token_lists) * generated * max_tokens)
     params = state.sampling_params(req, max_tokens, n)
     streams = []
     try:
