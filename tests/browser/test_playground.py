@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import subprocess
 
 import httpx
 import pytest
@@ -76,14 +79,14 @@ def test_parameters_reach_the_request_and_view_code(playground: Playground) -> N
     playground.open()
     playground.set("temperature", "0.3")
     playground.set("max_tokens", "7")
-    playground.page.fill("#system", "You count.")
+    playground.page.fill("#system", "You count. Don't stop.")  # the apostrophe tests the shell quoting
     playground.send("Count from 1 to 50.")
     playground.wait_done()
 
     request = playground.chat_requests[-1]
     assert request["temperature"] == 0.3
     assert request["max_tokens"] == 7
-    assert request["messages"][0] == {"role": "system", "content": "You count."}
+    assert request["messages"][0] == {"role": "system", "content": "You count. Don't stop."}
     assert "finish_reason length" in playground.meta("finish_reason")
     assert playground.meta("completion_tokens") == "completion 7"
 
@@ -97,10 +100,24 @@ def test_parameters_reach_the_request_and_view_code(playground: Playground) -> N
 
     curl = playground.view_code("curl")
     assert curl.startswith(f"curl '{playground.base_url}/v1/chat/completions'")
-    body = json.loads(re.search(r"-d '(.*)'\s*$", curl, re.S).group(1))
+    words = shlex.split(curl)  # as a POSIX shell reads it, quotes and all
+    body = json.loads(words[words.index("-d") + 1])
+    assert body["messages"][0]["content"] == "You count. Don't stop."
     assert body["temperature"] == 0.3
     assert body["max_tokens"] == 7
     assert body["messages"][2]["role"] == "assistant"  # the reply is part of the conversation
+    # The snippet runs as it is shown: a shell, curl, the key from the environment.
+    ran = subprocess.run(
+        ["bash", "-c", curl],
+        env={**os.environ, "CHATAPI_API_KEY": API_KEY},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    answer = json.loads(ran.stdout)
+    assert answer["object"] == "chat.completion"
+    assert answer["usage"]["completion_tokens"] <= 7
 
     playground.page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     playground.page.click("#copy-code")
