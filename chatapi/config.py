@@ -42,6 +42,7 @@ class Settings:
     speculative: str = "off"  # ngram: prompt-lookup drafts verified in the decode batch
     spec_draft: int = 4  # most draft tokens per sequence per step
     repack: str = "off"  # llama.cpp weight repacking (extra buffer types): off | on | auto
+    tiled_matmul: str = "off"  # ggml's tiled K-quant GEMM for batches of 8+ rows: off | on
     seed: int | None = None  # default sampling seed when a request gives none
     # request limits
     max_body_bytes: int = 2 * 1024 * 1024
@@ -83,6 +84,7 @@ _FIELD_KINDS: dict[str, type] = {
     "aliases": list, "home": Path, "parallel": int, "ctx_size": int, "threads": int,
     "batch_size": int, "max_queue": int, "prefix_cache": bool, "prefix_align": int, "seed": int,
     "step_tokens": int, "speculative": str, "spec_draft": int, "repack": str,
+    "tiled_matmul": str,
     "max_body_bytes": int, "max_header_bytes": int, "max_headers": int,
     "max_messages": int, "max_message_chars": int, "max_n": int, "max_stop": int,
     "max_stop_chars": int, "max_logit_bias": int, "max_prompts": int,

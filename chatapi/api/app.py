@@ -61,7 +61,7 @@ def build_state(settings: Settings) -> ServerState:
     runner = Runner(RunnerConfig(
         model_path=model_path, ctx_size=settings.ctx_size, num_slots=settings.parallel,
         batch_size=settings.batch_size, threads=settings.threads, repack=settings.repack,
-        max_draft=spec_draft))
+        tiled_matmul=settings.tiled_matmul, max_draft=spec_draft))
     log.info("loaded %s in %.1f s", model_path, time.monotonic() - started)
     template = ChatTemplate(runner.chat_template or DEFAULT_CHAT_TEMPLATE,
                             bos_token=runner.bos_text, eos_token=runner.eos_text)
