@@ -79,7 +79,7 @@ def test_parameters_reach_the_request_and_view_code(playground: Playground) -> N
     playground.open()
     playground.set("temperature", "0.3")
     playground.set("max_tokens", "7")
-    playground.page.fill("#system", "You count. Don't stop.")  # the apostrophe tests the shell quoting
+    playground.page.fill("#system", "You count. Don't stop.")  # an apostrophe for the curl quoting
     playground.send("Count from 1 to 50.")
     playground.wait_done()
 
