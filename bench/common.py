@@ -144,6 +144,27 @@ def add_repack_option(p: argparse.ArgumentParser) -> None:
                         "by default, as in chatapi")
 
 
+def add_tiled_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tiled-matmul", choices=["off", "on"], default="off",
+                   help="chatapi's --tiled-matmul (default off, as in chatapi)")
+    p.add_argument("--peers-tiled-matmul", choices=["stock", "same"], default="stock",
+                   help="stock: the peers (raw, llama-server, llama-cpp-python) use ggml's tiled "
+                        "K-quant GEMM as llama.cpp ships (on); same: as chatapi "
+                        "(GGML_CPU_TILED_MM in their environment)")
+
+
+def apply_tiled_options(args: argparse.Namespace) -> tuple[list[str], str]:
+    """Set the peers' GGML_CPU_TILED_MM (they inherit this process's environment); return
+    chatapi's arguments and a line for the report."""
+    if args.peers_tiled_matmul == "same":
+        os.environ["GGML_CPU_TILED_MM"] = "1" if args.tiled_matmul == "on" else "0"
+    else:
+        os.environ.pop("GGML_CPU_TILED_MM", None)
+    peers = args.tiled_matmul if args.peers_tiled_matmul == "same" else "on (stock)"
+    return (["--tiled-matmul", args.tiled_matmul],
+            f"tiled K-quant GEMM: chatapi {args.tiled_matmul}, peers {peers}")
+
+
 def machine_line(model: str, threads: int) -> str:
     cpu = platform.processor() or platform.machine()
     try:

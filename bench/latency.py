@@ -33,7 +33,9 @@ import httpx
 from common import (
     Server,
     add_repack_option,
+    add_tiled_options,
     append_markdown,
+    apply_tiled_options,
     chatapi_server,
     default_model,
     llama_server,
@@ -345,7 +347,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--startup-timeout", type=float, default=180)
     p.add_argument("--markdown-out", metavar="FILE", help="append the section to FILE")
     add_repack_option(p)
+    add_tiled_options(p)
     args = p.parse_args(argv)
+    args.tiled_args, args.tiled_line = apply_tiled_options(args)
     args.parts = [x.strip() for x in args.only.split(",") if x.strip()]
     if not args.parts or set(args.parts) - set(PARTS):
         p.error(f"--only takes a comma-separated subset of {','.join(PARTS)}")
@@ -398,7 +402,7 @@ def measure(server: Server, args: argparse.Namespace, report: Report, kv_per_tok
 def render(report: Report, args: argparse.Namespace, kv_note: str) -> str:
     extra = f"; chatapi args `{' '.join(args.chatapi_args)}`" if args.chatapi_args else ""
     out = [f"{args.machine}; --parallel {args.parallel} --ctx-size {args.ctx_size}; "
-           f"weight repacking {'on' if args.repack else 'off'}{extra}"]
+           f"weight repacking {'on' if args.repack else 'off'}; {args.tiled_line}{extra}"]
     if report.followup:
         out += [f"**Follow-up turn** (~{args.followup_tokens}-token conversation, streaming, "
                 f"max_tokens 16; median of {args.repeats}; target cold / follow-up >= 10x)",
@@ -419,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     args.machine = machine_line(args.model, args.threads)
     kv_per_token, kv_note = kv_bytes_per_token(args.model)
     servers = [chatapi_server(args.model, args.parallel, args.threads, args.ctx_size, args.repack,
-                              args.chatapi_args)]
+                              [*args.tiled_args, *args.chatapi_args])]
     if args.llama_server:
         servers.append(llama_server(args.llama_server, args.model, args.parallel, args.threads,
                                     args.ctx_size, args.repack))

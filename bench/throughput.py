@@ -36,7 +36,9 @@ import httpx
 from common import (
     Server,
     add_repack_option,
+    add_tiled_options,
     append_markdown,
+    apply_tiled_options,
     chatapi_server,
     command_line,
     default_model,
@@ -268,7 +270,8 @@ def header_line(args: argparse.Namespace) -> str:
     extra = f"; chatapi args `{shlex.join(args.chatapi_args)}`" if args.chatapi_args else ""
     return (f"{args.machine}; workload {args.workload.name}; max_tokens {args.max_tokens}, "
             f"temperature 0, {args.requests_per_client} requests per client, "
-            f"{args.rounds} rounds; weight repacking {'on' if args.repack else 'off'}{extra}")
+            f"{args.rounds} rounds; weight repacking {'on' if args.repack else 'off'}; "
+            f"{args.tiled_line}{extra}")
 
 
 NOTES = """\
@@ -322,7 +325,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot-dir", default=str(BENCH_DIR),
                    help="where --plot writes throughput_tokps.png and throughput_ttft.png")
     add_repack_option(p)
+    add_tiled_options(p)
     args = p.parse_args(argv)
+    args.tiled_args, args.tiled_line = apply_tiled_options(args)
     try:
         args.concurrency_list = sorted({int(x) for x in args.concurrency.split(",") if x.strip()})
     except ValueError:
@@ -341,7 +346,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_servers(args: argparse.Namespace) -> list[Server]:
     parallel = max(args.concurrency_list)
     servers = [chatapi_server(args.model, parallel, args.threads, args.ctx_size, args.repack,
-                              args.chatapi_args)]
+                              [*args.tiled_args, *args.chatapi_args])]
     if args.llama_server:
         if os.access(args.llama_server, os.X_OK):
             servers.append(llama_server(args.llama_server, args.model, parallel, args.threads,
