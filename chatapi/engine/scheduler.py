@@ -7,14 +7,15 @@ waiting prompts per decoding sequence, and a whole `chunk_size` when none is dec
 long prompt is read a little per step instead of freezing the streams. Prompt chunks of one
 length share a llama_decode; decode rows have their own.
 
-Exactness: llama.cpp computes a ubatch of fewer than about 8 tokens of one sequence on another
-kernel path than a longer one (measured: logits differ by up to 0.3); from 8 tokens on, the
+Exactness: llama.cpp computes a ubatch of fewer than about 8 tokens of one sequence on other
+kernels than a longer one (measured: logits differ by up to 0.3); from 8 tokens on, the
 numbers do not depend on where the chunks end. So no chunk is shorter than MIN_CHUNK unless
 the whole prompt is, and a prompt's logits (so its first token) do not depend on the load, on
-prompts read beside it or on the prefix cache. (This needs llama.cpp's weight repacking off,
-chatapi's default: repacked GEMM rounds a row by its place in the batch; see use_repack.)
-Decode rows are another matter: beside batch mates of other lengths, a sequence's one-token
-rows are not computed bit for bit as alone.
+prompts read beside it or on the prefix cache. Decode rows are computed as alone whatever
+shares their step: 16 different sequences decoded together gave their lone logits bit for bit.
+Both need chatapi's defaults for llama.cpp's kernels: weight repacking off (repacked GEMM
+rounds a row by its place in the batch; see use_repack) and ggml's tiled GEMM off (taken for
+8+ rows only, it rounds otherwise than one row; see set_tiled_matmul).
 
 Prefix cache: a finished sequence leaves its KV in its slot. A new request takes the free slot
 whose cached prompt tokens share the longest prefix with its prompt, and only the rest is
