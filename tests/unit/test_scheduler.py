@@ -131,14 +131,33 @@ def test_budget_is_shared_by_waiting_prompts_in_arrival_order() -> None:
         (b.leader, 12, 20), (c.leader, 12, 20), (d.leader, 0, 8)]
 
 
-def test_one_prompt_beside_many_streams_gets_step_tokens() -> None:
+def test_long_prompt_beside_streams_is_read_at_half_the_step_tokens() -> None:
     sched = Scheduler(num_slots=9, chunk_size=512, max_waiting=10, step_tokens=32)
     streams_running(sched, 8)
     long = group(prompt_len=3000)
     sched.add(long)
+    reads = []
+    for _ in range(3):
+        step = sched.schedule()
+        assert len(step.decode) == 8
+        reads += [(ch.start, ch.end) for ch in step.prefills]
+        run_prefills(step)
+    assert reads == [(0, 16), (16, 32), (32, 48)]
+
+
+def test_short_prompt_beside_streams_gets_the_whole_step_tokens() -> None:
+    sched = Scheduler(num_slots=9, chunk_size=512, max_waiting=10, step_tokens=32)
+    streams_running(sched, 8)
+    sched.add(group(prompt_len=4 * 32))  # not more than LONG_PROMPT budgets: not long
     step = sched.schedule()
     assert [(ch.start, ch.end) for ch in step.prefills] == [(0, 32)]
-    assert len(step.decode) == 8
+
+
+def test_long_prompt_alone_is_read_in_whole_chunks() -> None:
+    sched = Scheduler(num_slots=2, chunk_size=512, max_waiting=10, step_tokens=32)
+    sched.add(group(prompt_len=3000))
+    step = sched.schedule()
+    assert [(ch.start, ch.end) for ch in step.prefills] == [(0, 512)]
 
 
 def test_first_waiting_prompt_always_moves_on() -> None:
