@@ -99,15 +99,9 @@ class Scheduler:
         prefilling = [s for s in self.running if s.is_prefilling and not _is_fork(s)]
         # step_tokens per step and per prompt waiting for each decoding stream: one long prompt
         # barely slows eight streams, and a burst of prompts behind one stream is not read
-        # one per step (every waiting client waits for its first token). Short prompts (chat
-        # turns) are read whole: split or not, one costs the streams about the same time, and
-        # whole, its client gets the first token a step sooner.
+        # one per step (every waiting client waits for its first token)
         share = -(-len(prefilling) // max(1, len(decoding)))
-        budget = self.chunk_size
-        if decoding:
-            short = sum(s.num_prompt_tokens - s.num_computed
-                        for s in prefilling if not self._is_long(s))
-            budget = min(max(self.step_tokens * share, short), self.chunk_size)
+        budget = min(self.step_tokens * share, self.chunk_size) if decoding else self.chunk_size
         chunks = self._plan(prefilling, budget, bool(decoding)) if prefilling else []
         if chunks or decoding or trims:
             return Step(prefills=chunks, decode=decoding, trims=trims)
@@ -155,12 +149,10 @@ class Scheduler:
         gaps of 333 ms at 32 tokens a step, 195 ms at 16, against 85 ms without a prompt;
         the prompt then takes 37 s instead of 32). A short prompt costs a few such gaps, so it
         is read at the whole budget and gets its first token sooner."""
-        if beside_streams and self._is_long(seq):
+        to_read = seq.num_prompt_tokens - seq.num_cached
+        if beside_streams and to_read > LONG_PROMPT * self.step_tokens:
             return min(budget, max(2 * MIN_CHUNK, self.step_tokens // 2))
         return budget
-
-    def _is_long(self, seq: Sequence) -> bool:
-        return seq.num_prompt_tokens - seq.num_cached > LONG_PROMPT * self.step_tokens
 
     def _chunk(self, seq: Sequence, budget: int) -> PrefillChunk:
         """The next chunk of a prompt: at most `budget` tokens (the rest of the prompt if that

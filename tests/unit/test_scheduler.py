@@ -97,31 +97,38 @@ def test_prompt_alone_is_read_in_whole_chunks() -> None:
     assert chunk_bounds(sched, g) == [(0, 32), (32, 70 - MIN_CHUNK), (70 - MIN_CHUNK, 70)]
 
 
-def test_short_prompt_beside_a_stream_is_read_whole() -> None:
+def test_prompt_shares_steps_with_decoding_streams() -> None:
     sched = Scheduler(num_slots=2, chunk_size=64, max_waiting=5, step_tokens=16)
     a, = streams_running(sched)
-    b = group(prompt_len=40)  # not more than LONG_PROMPT step budgets: a chat turn
+    b = group(prompt_len=40)
     sched.add(b)
-    step = sched.schedule()
-    assert [(c.start, c.end) for c in step.prefills] == [(0, 40)]
-    assert step.decode == [a.leader]
+    steps = []
+    while (step := sched.schedule()) is not None and b.leader.is_prefilling:
+        steps.append(([(c.start, c.end) for c in step.prefills], list(step.decode)))
+        run_prefills(step)
+    # every step decodes the running stream and reads at most step_tokens of the prompt
+    assert steps == [([(0, 16)], [a.leader]), ([(16, 32)], [a.leader]),
+                     ([(32, 40)], [a.leader])]
 
 
-def test_waiting_prompts_share_the_budget_in_arrival_order() -> None:
-    sched = Scheduler(num_slots=5, chunk_size=64, max_waiting=5, step_tokens=16)
+def test_budget_is_shared_by_waiting_prompts_in_arrival_order() -> None:
+    sched = Scheduler(num_slots=4, chunk_size=64, max_waiting=5, step_tokens=12)
     a, = streams_running(sched)
-    b, c, d = group(prompt_len=30), group(prompt_len=30), group(prompt_len=30)
-    for g in (b, c, d):
+    b, c = group(prompt_len=20), group(prompt_len=20)
+    for g in (b, c):
         sched.add(g)
     step = sched.schedule()
-    # 90 tokens wait, the step takes at most chunk_size (64): the first two, in one
-    # llama_decode (one common length), and the third next step
-    assert [(ch.seq, ch.start, ch.end) for ch in step.prefills] == [(b.leader, 0, 30),
-                                                                     (c.leader, 0, 30)]
+    # two prompts wait behind one stream: a budget of 2 x 12, and one common length lets
+    # both share a llama_decode
+    assert [(ch.seq, ch.start, ch.end) for ch in step.prefills] == [(b.leader, 0, 12),
+                                                                     (c.leader, 0, 12)]
     assert step.decode == [a.leader]
     run_prefills(step)
+    d = group(prompt_len=40)
+    sched.add(d)
     step = sched.schedule()
-    assert [(ch.seq, ch.start, ch.end) for ch in step.prefills] == [(d.leader, 0, 30)]
+    assert [(ch.seq, ch.start, ch.end) for ch in step.prefills] == [
+        (b.leader, 12, 20), (c.leader, 12, 20), (d.leader, 0, 8)]
 
 
 def test_long_prompt_beside_streams_is_read_at_half_the_step_tokens() -> None:
@@ -138,16 +145,12 @@ def test_long_prompt_beside_streams_is_read_at_half_the_step_tokens() -> None:
     assert reads == [(0, 16), (16, 32), (32, 48)]
 
 
-def test_prompt_of_up_to_long_prompt_budgets_beside_streams_is_read_whole() -> None:
-    sched = Scheduler(num_slots=10, chunk_size=512, max_waiting=10, step_tokens=32)
+def test_short_prompt_beside_streams_gets_the_whole_step_tokens() -> None:
+    sched = Scheduler(num_slots=9, chunk_size=512, max_waiting=10, step_tokens=32)
     streams_running(sched, 8)
     sched.add(group(prompt_len=4 * 32))  # not more than LONG_PROMPT budgets: not long
-    sched.add(group(prompt_len=4 * 32 + 1))  # long: half a budget
     step = sched.schedule()
-    assert [(ch.start, ch.end) for ch in step.prefills] == [(0, 128)]  # the budget: 128
-    run_prefills(step)
-    step = sched.schedule()
-    assert [(ch.start, ch.end) for ch in step.prefills] == [(0, 16)]
+    assert [(ch.start, ch.end) for ch in step.prefills] == [(0, 32)]
 
 
 def test_long_prompt_alone_is_read_in_whole_chunks() -> None:
