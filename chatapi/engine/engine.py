@@ -207,10 +207,12 @@ class AsyncEngine:
             rows.append(Row(seq.last_token, seq.position, seq.slot, True))
             rows += [Row(tok, seq.position + 1 + j, seq.slot, True)
                      for j, tok in enumerate(draft)]
-        started = time.perf_counter()
-        self.runner.decode(rows)
         if self.spec_draft:  # the draft-width choice runs on measured step costs
+            started = time.perf_counter()
+            self.runner.decode(rows)
             self._step_cost.observe(len(rows), time.perf_counter() - started)
+        else:
+            self.runner.decode(rows)
         for i, (seq, (draft, real)) in enumerate(zip(seqs, drafts, strict=True)):
             lookup = self._lookups.get(seq.seq_id)  # taken first: a finished sequence drops it
             produced = seq.num_completion_tokens
